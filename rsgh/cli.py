@@ -1,0 +1,67 @@
+"""Command line: ``python -m rsgh train --config NAME [--set key=value ...] --out DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .config import PRESETS, config_help, make_config, parse_overrides
+
+
+def _train_data(cfg, data_root):
+    from .data import load_mnist_like
+    from .train import TrainData
+
+    d = load_mnist_like(cfg.dataset, data_root)
+    return TrainData(d.train_x, d.test_x, d.source, d.checksums)
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    cfg = make_config(args.config, parse_overrides(args.set or []))
+    data = _train_data(cfg, args.data_root)
+    summary = train(cfg, data, args.out, resume=args.resume, progress=not args.quiet)
+    final = summary["final"]
+    print(json.dumps({"out": str(args.out), "recon_mse": final["recon_mse"],
+                      "recon_half_sse": final["recon_half_sse"],
+                      "active_units_001": final["active_units_001"],
+                      "active_units_005": final["active_units_005"],
+                      "wall_time_s": round(summary["wall_time_s"], 1)}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m rsgh", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    presets = "\n".join(f"  {name}: {', '.join(f'{k}={v}' for k, v in values.items())}"
+                        for name, values in PRESETS.items())
+    t = sub.add_parser(
+        "train", help="train one SGH or R-SGH model into a run directory",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"configs (presets over the defaults):\n{presets}\n\nparameters for --set:\n{config_help()}")
+    t.add_argument("--config", choices=sorted(PRESETS), help="a preset; the defaults below when omitted")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a parameter (repeatable)")
+    t.add_argument("--out", required=True, help="run directory (must be new or empty, unless --resume)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--data-root", help="folder holding MNIST/raw etc. (default: $RSGH_DATA, else data/cache)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command with --resume to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""Where data lives: the data root, taken from ``--data-root``, else ``RSGH_DATA``, else ``data/cache``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_VAR = "RSGH_DATA"
+# The project's own download cache (ignored by git), beside the package in a checkout.
+DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "data" / "cache"
+
+
+def data_root(explicit: str | os.PathLike | None = None) -> Path:
+    """The folder that holds datasets in the torchvision-like layout (``MNIST/raw/...``)."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    return DEFAULT_ROOT
+
+
+def cache_dir(root: Path | None = None) -> Path:
+    """A writable folder for derived files (features, decompressed copies).
+
+    Never inside a data root given by the user, which may be read-only (``../shared/data``
+    in CI): ``RSGH_CACHE`` if set, else ``data/cache/derived`` of the checkout.
+    """
+    env = os.environ.get("RSGH_CACHE")
+    path = Path(env).expanduser() if env else DEFAULT_ROOT / "derived"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
