@@ -12,6 +12,7 @@ multipliers ``lambda_j >= 0`` are the adversary, raised by projected ascent on `
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -25,9 +26,7 @@ from .neuron import binary_sample, distributional_surrogate, flip_differences
 def bernoulli_kl(logits: torch.Tensor, prior: float) -> torch.Tensor:
     """Elementwise KL(Bern(sigmoid(logits)) || Bern(prior)), stable for large |logits|."""
     pi = torch.sigmoid(logits)
-    log_pi, log_1m_pi = F.logsigmoid(logits), F.logsigmoid(-logits)
-    return (pi * (log_pi - torch.log(torch.tensor(prior)))
-            + (1 - pi) * (log_1m_pi - torch.log(torch.tensor(1 - prior))))
+    return pi * (F.logsigmoid(logits) - math.log(prior)) + (1 - pi) * (F.logsigmoid(-logits) - math.log(1 - prior))
 
 
 def redundancy_degree(logits: torch.Tensor, cfg: Config) -> torch.Tensor:
@@ -46,10 +45,13 @@ def redundancy_degree(logits: torch.Tensor, cfg: Config) -> torch.Tensor:
     return off.sum(dim=1) / max(k - 1, 1) - cfg.tau
 
 
+PARTS = ("loss", "rec", "kl", "tie", "red")  # for objective='reference', "kl" holds the CE term
+
+
 @dataclass
 class Loss:
     total: torch.Tensor  # what the model minimises
-    parts: dict[str, torch.Tensor]  # detached batch means, for logging
+    parts: torch.Tensor  # detached batch means of PARTS, for logging
     redundancy: torch.Tensor | None  # r_j of this batch (detached), for the adversary step
 
 
@@ -81,14 +83,14 @@ def compute_loss(model: HashModel, x: torch.Tensor, xi: torch.Tensor, cfg: Confi
         per_sample = per_sample + distributional_surrogate(logits, diffs)
     kl = bernoulli_kl(logits, cfg.prior).sum(-1)
     total = (per_sample + kl).mean()
-    parts = {"rec": rec.mean(), "kl": kl.mean(), "tie": tie.mean()}
-    r = redundancy_degree(logits, cfg)
-    red = (lam * r).sum()
+    r = red = None
     if rsgh:
+        r = redundancy_degree(logits, cfg)
+        red = (lam * r).sum()
         total = total + cfg.redundancy_weight * red
-    parts["red"] = red
-    parts["loss"] = total
-    return Loss(total, {k: v.detach() for k, v in parts.items()}, r.detach())
+    parts = torch.stack([total, rec.mean(), kl.mean(), tie.mean(),
+                         red if rsgh else torch.zeros((), device=x.device)]).detach()
+    return Loss(total, parts, None if r is None else r.detach())
 
 
 def _reference_loss(model: HashModel, x: torch.Tensor, xi: torch.Tensor, cfg: Config) -> Loss:
@@ -105,9 +107,9 @@ def _reference_loss(model: HashModel, x: torch.Tensor, xi: torch.Tensor, cfg: Co
     ce = (F.softplus(logits) - logits * h).sum()
     l2 = 0.5 * model.U.pow(2).sum() + 0.5 * model.W.pow(2).sum()
     total = rec + cfg.entropy_weight * ce + cfg.l2_weight * l2
-    n = len(x)
-    parts = {"rec": rec / n, "kl": ce / n, "tie": torch.zeros(()), "red": torch.zeros(()), "loss": total / n}
-    return Loss(total, {k: v.detach() for k, v in parts.items()}, None)
+    zero = torch.zeros((), device=x.device)
+    parts = torch.stack([total, rec, cfg.entropy_weight * ce, zero, zero]).detach() / len(x)
+    return Loss(total, parts, None)
 
 
 def adversary_step(lam: torch.Tensor, redundancy: torch.Tensor | None, lr: float) -> None:

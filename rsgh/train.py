@@ -28,7 +28,7 @@ from . import __version__
 from .config import Config
 from .measures import evaluate
 from .model import HashModel
-from .objective import adversary_step, compute_loss
+from .objective import PARTS, adversary_step, compute_loss
 
 
 class RunExistsError(RuntimeError):
@@ -137,7 +137,7 @@ def train(cfg: Config, data: TrainData, out: str | Path, resume: bool = False,
     eval_every = cfg.eval_every or per_epoch
 
     model = build_model(cfg, train_x).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.model_lr)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.model_lr, fused=True)
     lam = torch.zeros(cfg.bits, device=device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     state = {"iteration": 0, "perm": None, "rows": [], "units": [], "elapsed": 0.0}
@@ -161,7 +161,8 @@ def train(cfg: Config, data: TrainData, out: str | Path, resume: bool = False,
         scalars, per_bit = evaluate(model, eval_x, cfg.prior)
         it = state["iteration"]
         row = {"epoch": it / per_epoch, "iteration": it}
-        row.update({f"train_{k}": (float(v) / count if count else float("nan")) for k, v in sums.items()})
+        means = (sums / count).tolist() if count else [float("nan")] * len(PARTS)
+        row.update({f"train_{k}": v for k, v in zip(PARTS, means)})
         row.update(scalars)
         row.update({"lambda_mean": float(lam.mean()), "lambda_max": float(lam.max()),
                     "elapsed_s": state["elapsed"]})
@@ -173,14 +174,13 @@ def train(cfg: Config, data: TrainData, out: str | Path, resume: bool = False,
         save_checkpoint()
         return row
 
-    keys = ("loss", "rec", "kl", "tie", "red")
     if state["iteration"] == 0 and not state["rows"]:
-        record({k: 0.0 for k in keys}, 0)
+        record(None, 0)
         for hook in hooks:
             hook(state["rows"][-1])
 
     bar = tqdm(total=total, initial=state["iteration"], disable=not progress, desc=out.name, unit="step")
-    sums = {k: torch.zeros((), device=device) for k in keys}
+    sums = torch.zeros(len(PARTS), device=device)
     count, t0 = 0, time.perf_counter()
     model.train()
     while state["iteration"] < total:
@@ -203,8 +203,7 @@ def train(cfg: Config, data: TrainData, out: str | Path, resume: bool = False,
         opt.step()
         if cfg.method == "rsgh":
             adversary_step(lam, loss.redundancy, cfg.adversary_lr)
-        for k in keys:
-            sums[k] += loss.parts[k]
+        sums += loss.parts
         count += 1
         state["iteration"] = it + 1
         bar.update(1)
@@ -215,7 +214,7 @@ def train(cfg: Config, data: TrainData, out: str | Path, resume: bool = False,
                             active=row["active_units_001"])
             for hook in hooks:
                 hook(row)
-            sums = {k: torch.zeros((), device=device) for k in keys}
+            sums.zero_()
             count, t0 = 0, time.perf_counter()
     bar.close()
 
