@@ -32,6 +32,33 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_summarize(args) -> int:
+    """Final numbers of finished runs, and their curves every ``--every`` evaluations."""
+    import pandas as pd
+    from pathlib import Path
+
+    rows, curves = [], {}
+    for run in map(Path, args.runs):
+        if not (run / "summary.json").exists():
+            raise FileNotFoundError(f"{run}/summary.json not found: is {run} a finished run directory?")
+        s = json.loads((run / "summary.json").read_text())
+        f = s["final"]
+        rows.append({"run": run.name, "epochs": s["epochs"], "recon_mse": f["recon_mse"],
+                     "recon_half_sse": f["recon_half_sse"], "train_half_sse": s["train_recon_half_sse"],
+                     "active_001": f["active_units_001"], "active_005": f["active_units_005"],
+                     "mean_kl": f["mean_kl"], "bit_corr": f["bit_corr_mean"],
+                     "wall_s": s["wall_time_s"], "s_per_epoch": s["seconds_per_epoch"]})
+        m = pd.read_csv(run / "metrics.csv")
+        curves[run.name] = m.iloc[::args.every].set_index("epoch")[["recon_mse", "active_units_001",
+                                                                      "active_units_005"]]
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_rows", 500):
+        print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        if args.every:
+            print()
+            print(pd.concat(curves, axis=1).to_string(float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rsgh", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -48,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-root", help="folder holding MNIST/raw etc. (default: $RSGH_DATA, else data/cache)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
+    s = sub.add_parser("summarize", help="print final numbers and curves of finished runs")
+    s.add_argument("runs", nargs="+", help="run directories")
+    s.add_argument("--every", type=int, default=5, help="print the curves every N evaluations (0: none)")
+    s.set_defaults(func=cmd_summarize)
     return parser
 
 

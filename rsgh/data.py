@@ -3,13 +3,15 @@
 Files live in ``<data root>/<MNIST|FashionMNIST>/raw/`` as the official ``*-ubyte.gz`` files or
 their uncompressed ``*-ubyte`` twins. The md5 checked is that of the *uncompressed* content,
 which identifies the data whatever gzip re-compressed it. On a machine with internet a missing
-file is downloaded with pooch (which checks the official archive's md5).
+file is downloaded with pooch (which checks the official archive's md5), unless
+``RSGH_OFFLINE=1``.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,23 +89,32 @@ def _download(name: str, folder: Path, stem: str) -> Path | None:
         return None
 
 
-def read_idx_file(name: str, stem: str, root: Path, download: bool = True) -> np.ndarray:
+def locate(name: str, root: Path, download: bool = True) -> dict[str, Path]:
+    """Paths of all files of a dataset, downloading missing ones when possible (not with
+    ``download=False`` or ``RSGH_OFFLINE=1``); one error listing everything still missing."""
     folder_name, url, files = REGISTRY[name]
     folder = root / folder_name / "raw"
-    path = _find(folder, stem)
-    if path is None and download:
-        path = _download(name, folder, stem)
-    if path is None:
-        missing = [s for s in files if _find(folder, s) is None]
+    found = {stem: _find(folder, stem) for stem in files}
+    if download and not os.environ.get("RSGH_OFFLINE"):
+        found = {stem: path or _download(name, folder, stem) for stem, path in found.items()}
+    missing = [stem for stem, path in found.items() if path is None]
+    if missing:
         raise FileNotFoundError(
             f"{name}: missing {', '.join(m + '.gz' for m in missing)} in {folder}. Put the official files "
             f"there (from {url}), or point --data-root / RSGH_DATA at a folder holding "
             f"{folder_name}/raw/ (on these machines: ../shared/data)")
+    return found
+
+
+def read_idx_file(name: str, stem: str, root: Path, download: bool = True) -> np.ndarray:
+    """One file of a dataset, decoded, after checking the md5 of its uncompressed content."""
+    path = _find(root / REGISTRY[name][0] / "raw", stem) or locate(name, root, download)[stem]
     raw = _read_bytes(path)
+    expected = REGISTRY[name][2][stem][0]
     digest = hashlib.md5(raw).hexdigest()
-    if digest != files[stem][0]:
+    if digest != expected:
         raise ValueError(f"{path}: md5 of the uncompressed content is {digest}, the official file has "
-                         f"{files[stem][0]}; the file is corrupt or not the official {stem}")
+                         f"{expected}; the file is corrupt or not the official {stem}")
     return parse_idx(raw, str(path))
 
 
@@ -122,7 +133,8 @@ def load_mnist_like(name: str = "mnist", root: str | Path | None = None, downloa
     if name not in REGISTRY:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(REGISTRY)}")
     root = data_root(root)
-    arrays = {stem: read_idx_file(name, stem, root, download) for stem in REGISTRY[name][2]}
+    locate(name, root, download)  # every missing file named at once
+    arrays = {stem: read_idx_file(name, stem, root, download=False) for stem in REGISTRY[name][2]}
 
     def images(stem):
         a = arrays[stem]

@@ -1,0 +1,36 @@
+# Two commands do everything on a fresh machine:
+#   make reproduce   create .venv, train embodiment 1 (SGH and R-SGH) and the SGH reference run
+#   make test        create .venv if needed, run the test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Data root: $RSGH_DATA if set; on these machines ../shared/data; elsewhere data/cache (downloads there).
+RSGH_DATA ?= $(if $(wildcard ../shared/data/MNIST),$(abspath ../shared/data),$(abspath data/cache))
+export RSGH_DATA
+RUNS ?= runs
+
+.PHONY: venv reproduce test e1 reference clean-venv
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# --resume makes every step idempotent: a finished run is kept, an interrupted one continues.
+e1: venv
+	$(PY) -m rsgh train --config e1-sgh --out $(RUNS)/e1-sgh --resume
+	$(PY) -m rsgh train --config e1-rsgh --out $(RUNS)/e1-rsgh --resume
+
+reference: venv
+	$(PY) -m rsgh train --config sgh-reference --out $(RUNS)/sgh-reference --resume
+
+reproduce: e1 reference
+	$(PY) -m rsgh summarize $(RUNS)/e1-sgh $(RUNS)/e1-rsgh $(RUNS)/sgh-reference
+
+test: venv
+	$(PY) -m pytest
+
+clean-venv:
+	rm -rf $(VENV)
