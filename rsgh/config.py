@@ -60,7 +60,8 @@ class Config:
                        "'replacement': every batch drawn with replacement (reference code)",
                        ("shuffle", "replacement"))
     eval_every: int = _f(0, "steps between evaluations and checkpoints; 0 = once per epoch")
-    seed: int = _f(0, "seed of initialisation, batch order and noise")
+    seed: int = _f(0, "seed of the model's initialisation and of its noise xi")
+    data_seed: int = _f(0, "seed of the batch order (one stream for a group of models trained together)")
     threads: int = _f(1, "torch CPU threads (one is fastest for these small networks)")
     device: str = _f("auto", "'auto' (CUDA when available), 'cpu' or 'cuda'", ("auto", "cpu", "cuda"))
 

@@ -17,40 +17,45 @@ from .objective import bernoulli_kl
 
 
 @torch.no_grad()
-def evaluate(model: HashModel, x: torch.Tensor, prior: float, batch_size: int = 4096) -> tuple[dict, dict]:
-    """Scalar measures (one row of metrics.csv) and per-bit arrays (activity, kl, balance)."""
-    was_training = model.training
-    model.eval()
+def evaluate(model: HashModel, x: torch.Tensor, priors: list[float],
+             batch_size: int = 4096) -> list[tuple[dict, dict]]:
+    """For every model of the group: scalar measures (one row of metrics.csv) and per-bit
+    arrays (activity, kl, balance)."""
+    g_count = model.groups
     n, d = x.shape
-    sse = torch.zeros((), dtype=torch.float64, device=x.device)
+    prior = torch.tensor(priors, dtype=torch.float64, device=x.device).reshape(-1, 1, 1)
+    sse = torch.zeros(g_count, dtype=torch.float64, device=x.device)
     pis, codes, kls = [], [], []
     for i in range(0, n, batch_size):
         xb = x[i:i + batch_size]
         logits, _ = model.encode(xb)
         h = hash_codes(logits)
         x_hat, _ = model.decode(h.to(xb.dtype))
-        sse += (xb - x_hat).double().pow(2).sum()
+        sse += (xb - x_hat).double().pow(2).sum(dim=(1, 2))
         pis.append(torch.sigmoid(logits).double())
         codes.append(h)
-        kls.append(bernoulli_kl(logits.double(), prior).sum(0))
-    model.train(was_training)
-    pi = torch.cat(pis)
-    h = torch.cat(codes).double()
-    activity = pi.var(dim=0, unbiased=False).cpu().numpy()
+        kls.append(bernoulli_kl(logits.double(), prior).sum(1))
+    pi = torch.cat(pis, dim=1)
+    h = torch.cat(codes, dim=1).double()
+    activity = pi.var(dim=1, unbiased=False).cpu().numpy()
     kl = (torch.stack(kls).sum(0) / n).cpu().numpy()
-    balance = h.mean(dim=0).cpu().numpy()
-    scalars = {
-        "recon_mse": float(sse) / (n * d),
-        "recon_half_sse": 0.5 * float(sse) / n,
-        "active_units_001": int((activity > 0.01).sum()),
-        "active_units_005": int((activity > 0.05).sum()),
-        "mean_kl": float(kl.mean()),
-        "kl_total": float(kl.sum()),
-        "bit_balance_min": float(np.minimum(balance, 1 - balance).min()),
-        "constant_bits": int(((balance == 0) | (balance == 1)).sum()),
-        "bit_corr_mean": mean_abs_correlation(h.cpu().numpy()),
-    }
-    return scalars, {"activity": activity, "kl": kl, "balance": balance}
+    balance = h.mean(dim=1).cpu().numpy()
+    h_np = h.cpu().numpy()
+    out = []
+    for g in range(g_count):
+        scalars = {
+            "recon_mse": float(sse[g]) / (n * d),
+            "recon_half_sse": 0.5 * float(sse[g]) / n,
+            "active_units_001": int((activity[g] > 0.01).sum()),
+            "active_units_005": int((activity[g] > 0.05).sum()),
+            "mean_kl": float(kl[g].mean()),
+            "kl_total": float(kl[g].sum()),
+            "bit_balance_min": float(np.minimum(balance[g], 1 - balance[g]).min()),
+            "constant_bits": int(((balance[g] == 0) | (balance[g] == 1)).sum()),
+            "bit_corr_mean": mean_abs_correlation(h_np[g]),
+        }
+        out.append((scalars, {"activity": activity[g], "kl": kl[g], "balance": balance[g]}))
+    return out
 
 
 def mean_abs_correlation(codes: np.ndarray) -> float:

@@ -1,8 +1,14 @@
-"""Encoder and decoder of SGH / R-SGH (SPEC sections 2 and 3).
+"""Encoder and decoder of SGH / R-SGH (SPEC sections 2 and 3), for a group of G models at once.
+
+Every parameter carries a leading group dimension G: a group of models with the same shapes
+(and different seeds or objectives) runs as one batched computation (``torch.baddbmm``), which
+is several times faster than G separate small networks. A single model is a group of one.
 
 ``arch='mlp'``: the encoder maps x through M ReLU layers of width K to K logits; the decoder
 maps the code h through M ReLU layers of width K to the mean of the Gaussian p(x|h). The last
 hidden layer on each side (``a_M(x)`` and ``g_M(h)``, width K) is what R-SGH's tie term uses.
+Each linear layer is initialised like ``torch.nn.Linear``: weight and bias ~ U(-1/sqrt(fan_in),
+1/sqrt(fan_in)), from the model's own seed.
 
 ``arch='reference'``: the linear SGH of the published code: logits = x W + b with
 W ~ N(0, 1/D), b ~ N(0, 1); x_hat = (h U) * |s| + m with U ~ N(0, 1/K), s initialised to the
@@ -12,6 +18,7 @@ per-pixel training variance (clipped at 1e-7) and m to the per-pixel training me
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -19,51 +26,91 @@ from torch import nn
 from .neuron import hash_codes
 
 
-def _mlp(sizes: list[int]) -> nn.Sequential:
-    """Linear + ReLU for every step of ``sizes`` (so the output is a hidden layer)."""
-    layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*layers)
+def group_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight[g] + bias[g]`` for every model g.
+
+    ``x``: (B, in), shared by the group, or (G, ..., in); ``weight``: (G, in, out);
+    ``bias``: (G, 1, out). Returns (G, ..., out).
+    """
+    if x.dim() == 2:
+        y = torch.matmul(x, weight)
+        return y if bias is None else y + bias
+    lead = x.shape[1:-1]
+    flat = x.reshape(x.shape[0], -1, x.shape[-1])
+    y = torch.bmm(flat, weight) if bias is None else torch.baddbmm(bias, flat, weight)
+    return y.reshape(x.shape[0], *lead, weight.shape[-1])
 
 
 class HashModel(nn.Module):
     def __init__(self, input_dim: int, bits: int, hidden_layers: int = 1, arch: str = "mlp",
-                 data_mean: torch.Tensor | None = None, data_var: torch.Tensor | None = None):
+                 seeds: Sequence[int] = (0,), data_mean: torch.Tensor | None = None,
+                 data_var: torch.Tensor | None = None):
         super().__init__()
         self.input_dim, self.bits, self.hidden_layers, self.arch = input_dim, bits, hidden_layers, arch
+        self.groups = len(seeds)
         if arch == "mlp":
-            self.enc_hidden = _mlp([input_dim] + [bits] * hidden_layers)
-            self.enc_out = nn.Linear(bits if hidden_layers else input_dim, bits)
-            self.dec_hidden = _mlp([bits] * (hidden_layers + 1))
-            self.dec_out = nn.Linear(bits, input_dim)
+            enc = [input_dim] + [bits] * (hidden_layers + 1)
+            dec = [bits] * (hidden_layers + 1) + [input_dim]
+            self.layer_sizes = {"enc": list(zip(enc[:-1], enc[1:])), "dec": list(zip(dec[:-1], dec[1:]))}
+            shapes = {f"{side}{i}": s for side, sizes in self.layer_sizes.items() for i, s in enumerate(sizes)}
+            members = [self._init_mlp(shapes, seed) for seed in seeds]
         elif arch == "reference":
             if data_mean is None or data_var is None:
                 raise ValueError("arch='reference' needs the per-dimension training mean and variance")
-            self.W = nn.Parameter(torch.randn(input_dim, bits) / math.sqrt(input_dim))
-            self.b = nn.Parameter(torch.randn(bits))
-            self.U = nn.Parameter(torch.randn(bits, input_dim) / math.sqrt(bits))
-            self.scale = nn.Parameter(data_var.detach().clone().float().clamp_min(1e-7))
-            self.shift = nn.Parameter(data_mean.detach().clone().float())
+            members = [self._init_reference(seed, data_mean, data_var) for seed in seeds]
         else:
             raise ValueError(f"unknown arch {arch!r}: use 'mlp' or 'reference'")
+        self.params = nn.ParameterDict({name: nn.Parameter(torch.stack([m[name] for m in members]))
+                                        for name in members[0]})
+
+    @staticmethod
+    def _init_mlp(shapes: dict, seed: int) -> dict:
+        g = torch.Generator().manual_seed(seed)
+        out = {}
+        for name, (fan_in, fan_out) in shapes.items():
+            bound = 1 / math.sqrt(fan_in)
+            out[f"{name}_weight"] = (torch.rand(fan_in, fan_out, generator=g) * 2 - 1) * bound
+            out[f"{name}_bias"] = (torch.rand(1, fan_out, generator=g) * 2 - 1) * bound
+        return out
+
+    def _init_reference(self, seed: int, mean: torch.Tensor, var: torch.Tensor) -> dict:
+        g = torch.Generator().manual_seed(seed)
+        d, k = self.input_dim, self.bits
+        return {"W": torch.randn(d, k, generator=g) / math.sqrt(d), "b": torch.randn(1, k, generator=g),
+                "U": torch.randn(k, d, generator=g) / math.sqrt(k),
+                "scale": var.detach().float().cpu().clamp_min(1e-7).reshape(1, d),
+                "shift": mean.detach().float().cpu().reshape(1, d)}
+
+    def _stack(self, x: torch.Tensor, side: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Hidden ReLU layers then the output layer; returns (output, last hidden layer)."""
+        n = len(self.layer_sizes[side])
+        hidden = None
+        for i in range(n):
+            x = group_matmul(x, self.params[f"{side}{i}_weight"], self.params[f"{side}{i}_bias"])
+            if i < n - 1:
+                x = hidden = torch.relu(x)
+        return x, hidden
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits of q(h|x) and the encoder's last hidden layer a_M(x) (None without one)."""
+        """Logits of q(h|x), (G, B, K), and the encoder's last hidden layer a_M(x) (None without one).
+
+        ``x``: (B, D), shared by every model of the group, or (G, B, D)."""
         if self.arch == "reference":
-            return x @ self.W + self.b, None
-        a = self.enc_hidden(x)
-        return self.enc_out(a), (a if self.hidden_layers else None)
+            return group_matmul(x, self.params["W"], self.params["b"]), None
+        return self._stack(x, "enc")
 
     def decode(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Mean of p(x|h) and the decoder's last hidden layer g_M(h) (None without one).
 
-        ``h`` may carry extra leading dimensions (the distributional estimator decodes
+        ``h``: (G, ..., K); extra dimensions are allowed (the distributional estimator decodes
         many variants of each code at once)."""
         if self.arch == "reference":
-            return (h @ self.U) * self.scale.abs() + self.shift, None
-        g = self.dec_hidden(h)
-        return self.dec_out(g), (g if self.hidden_layers else None)
+            p = self.params
+            scale, shift = p["scale"].abs(), p["shift"]
+            y = group_matmul(h, p["U"])
+            shape = (self.groups,) + (1,) * (h.dim() - 2) + (self.input_dim,)
+            return y * scale.reshape(shape) + shift.reshape(shape), None
+        return self._stack(h, "dec")
 
     def check_input(self, x: torch.Tensor) -> None:
         """Clear errors for inputs this model cannot encode."""
@@ -75,7 +122,19 @@ class HashModel(nn.Module):
 
     @torch.no_grad()
     def hash(self, x: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
-        """Deterministic codes 1[pi(x) >= 0.5] as uint8 (n, K)."""
+        """Deterministic codes 1[pi(x) >= 0.5] as uint8 (G, n, K)."""
         self.check_input(x)
         return torch.cat([hash_codes(self.encode(x[i:i + batch_size])[0])
-                          for i in range(0, len(x), batch_size)])
+                          for i in range(0, len(x), batch_size)], dim=1)
+
+    def member_state(self, g: int) -> dict[str, torch.Tensor]:
+        """The parameters of model g alone (no group dimension), for its run directory."""
+        return {name: p.detach()[g].clone() for name, p in self.params.items()}
+
+    def load_members(self, states: Sequence[dict[str, torch.Tensor]]) -> None:
+        """Set every model's parameters from per-model states (the inverse of member_state)."""
+        if len(states) != self.groups:
+            raise ValueError(f"{len(states)} states for a group of {self.groups}")
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(torch.stack([s[name] for s in states]).to(p.device))

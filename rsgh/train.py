@@ -1,11 +1,16 @@
-"""Training: one model, seeded and deterministic, with evaluation points, atomic checkpoints and
-resume.
+"""Training: a group of models in lock-step, seeded and deterministic, with evaluation points,
+atomic checkpoints and resume.
 
-A run directory holds ``config.json`` (the resolved configuration), ``metrics.csv`` (one row per
-evaluation), ``units.csv`` (per-bit activity, KL and balance at each evaluation),
-``checkpoint.pt`` (everything needed to continue) and, at the end, ``model.pt`` and
-``summary.json``. Files are replaced atomically, so a run killed at any moment leaves the
-previous complete version of each.
+A group is one model or several that share the architecture, data and batch stream but may
+differ in method, seed and the R-SGH readings (see ``objective.PER_MODEL``). They are trained as
+one batched computation. Each model gets exactly the run directory a lone run would produce:
+``config.json`` (the resolved configuration), ``metrics.csv`` (one row per evaluation),
+``units.csv`` (per-bit activity, KL and balance at each evaluation), ``checkpoint.pt``
+(everything needed to continue) and, at the end, ``model.pt`` and ``summary.json``.
+
+Randomness: ``data_seed`` drives the batch order (shared by the group), each model's ``seed``
+its initialisation and its noise xi. Files are replaced atomically, so a run killed at any
+moment leaves the previous complete version of each.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,7 +33,7 @@ from . import __version__
 from .config import Config
 from .measures import evaluate
 from .model import HashModel
-from .objective import PARTS, adversary_step, compute_loss
+from .objective import PARTS, GroupSpec, adversary_step, check_group, compute_loss
 
 
 class RunExistsError(RuntimeError):
@@ -82,12 +87,13 @@ def versions() -> dict:
             "numpy": np.__version__, "pandas": pd.__version__, "platform": platform.platform()}
 
 
-def build_model(cfg: Config, train_x: torch.Tensor) -> HashModel:
-    torch.manual_seed(cfg.seed)
+def build_model(configs: Sequence[Config], train_x: torch.Tensor) -> HashModel:
+    cfg = configs[0]
     mean = var = None
     if cfg.arch == "reference":
         mean, var = train_x.mean(0), train_x.var(0, unbiased=False)
-    return HashModel(train_x.shape[1], cfg.bits, cfg.hidden_layers, cfg.arch, mean, var)
+    return HashModel(train_x.shape[1], cfg.bits, cfg.hidden_layers, cfg.arch, [c.seed for c in configs],
+                     mean, var)
 
 
 def _check_array(x: np.ndarray, what: str) -> None:
@@ -97,23 +103,7 @@ def _check_array(x: np.ndarray, what: str) -> None:
         raise ValueError(f"{what}: {int((~np.isfinite(x)).any(1).sum())} rows contain NaN or infinite values")
 
 
-def train(cfg: Config, data: TrainData, out: str | Path, resume: bool = False,
-          hooks: tuple[Callable[[dict], None], ...] = (), progress: bool = True) -> dict:
-    """Train one model into the run directory ``out``; returns the summary.
-
-    ``hooks`` are called with each metrics row after it is saved (a test uses one to interrupt).
-    """
-    cfg.validate()
-    out = Path(out)
-    _check_array(data.train_x, "training data")
-    _check_array(data.eval_x, "evaluation data")
-    if data.train_x.shape[1] != data.eval_x.shape[1]:
-        raise ValueError(f"training data has {data.train_x.shape[1]} dimensions, evaluation data "
-                         f"{data.eval_x.shape[1]}")
-    if len(data.train_x) < cfg.batch_size:
-        raise ValueError(f"batch_size={cfg.batch_size} is larger than the training set ({len(data.train_x)})")
-
-    ckpt_path = out / "checkpoint.pt"
+def _prepare_dir(out: Path, cfg: Config, resume: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not resume:
             raise RunExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
@@ -127,128 +117,220 @@ def train(cfg: Config, data: TrainData, out: str | Path, resume: bool = False,
     out.mkdir(parents=True, exist_ok=True)
     atomic_text(out / "config.json", cfg.to_json())
 
+
+CHECKPOINT, PREVIOUS = "checkpoint.pt", "checkpoint.prev.pt"
+
+
+def _load_checkpoints(outs: Sequence[Path], device) -> list[dict] | None:
+    """Each member's latest checkpoint at an iteration that all members have (a kill between the
+    members' writes leaves some one evaluation ahead: their previous checkpoint is used)."""
+    found = []
+    for out in outs:
+        found.append({})
+        for name in (CHECKPOINT, PREVIOUS):
+            if (out / name).exists():
+                ckpt = torch.load(out / name, map_location=device, weights_only=False)
+                found[-1][ckpt["state"]["iteration"]] = ckpt
+    if not any(found):
+        return None
+    common = set.intersection(*(set(f) for f in found))
+    if not common:
+        raise ValueError("the checkpoints of these runs are at different iterations "
+                         f"({[sorted(f) for f in found]}); resume each run on its own")
+    it = max(common)
+    return [f[it] for f in found]
+
+
+def _save_checkpoint(out: Path, payload: dict) -> None:
+    if (out / CHECKPOINT).exists():
+        os.replace(out / CHECKPOINT, out / PREVIOUS)
+    atomic_write(out / CHECKPOINT, lambda p: torch.save(payload, p))
+
+
+def _member_optimizer_state(opt_state: dict, g: int) -> dict:
+    state = {i: {k: (v[g].clone() if k != "step" else v.clone()) for k, v in s.items()}
+             for i, s in opt_state["state"].items()}
+    return {"state": state, "param_groups": opt_state["param_groups"]}
+
+
+def _stack_optimizer_states(states: Sequence[dict]) -> dict:
+    first = states[0]
+    stacked = {i: {k: (torch.stack([s["state"][i][k] for s in states]) if k != "step" else v)
+                   for k, v in entry.items()} for i, entry in first["state"].items()}
+    return {"state": stacked, "param_groups": first["param_groups"]}
+
+
+def train_group(configs: Sequence[Config], data: TrainData, outs: Sequence[str | Path], resume: bool = False,
+                hooks: tuple[Callable[[int, dict], None], ...] = (), progress: bool = True,
+                extra_eval: Callable[[HashModel], list[dict]] | None = None) -> list[dict]:
+    """Train a group of models in lock-step, model g into run directory ``outs[g]``.
+
+    ``hooks`` are called as ``hook(g, row)`` with each model's metrics row after it is saved;
+    ``extra_eval(model)`` may add per-model scalars (e.g. retrieval mAP) to each row.
+    Returns the summaries.
+    """
+    configs = [c.validate() for c in configs]
+    check_group(configs)
+    outs = [Path(o) for o in outs]
+    if len(outs) != len(configs) or len(set(outs)) != len(outs):
+        raise ValueError("give one distinct run directory per model")
+    cfg = configs[0]
+    _check_array(data.train_x, "training data")
+    _check_array(data.eval_x, "evaluation data")
+    if data.train_x.shape[1] != data.eval_x.shape[1]:
+        raise ValueError(f"training data has {data.train_x.shape[1]} dimensions, evaluation data "
+                         f"{data.eval_x.shape[1]}")
+    if len(data.train_x) < cfg.batch_size:
+        raise ValueError(f"batch_size={cfg.batch_size} is larger than the training set ({len(data.train_x)})")
+    for c, out in zip(configs, outs):
+        _prepare_dir(out, c, resume)
+
     torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     train_x = torch.as_tensor(data.train_x, dtype=torch.float32).to(device).contiguous()
     eval_x = torch.as_tensor(data.eval_x, dtype=torch.float32).to(device).contiguous()
-    n = len(train_x)
+    n, G = len(train_x), len(configs)
     per_epoch = n // cfg.batch_size
     total = cfg.iterations if cfg.iterations > 0 else cfg.epochs * per_epoch
     eval_every = cfg.eval_every or per_epoch
 
-    model = build_model(cfg, train_x).to(device)
+    spec = GroupSpec.from_configs(configs, device)
+    model = build_model(configs, train_x).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.model_lr, fused=True)
-    lam = torch.zeros(cfg.bits, device=device)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    state = {"iteration": 0, "perm": None, "rows": [], "units": [], "elapsed": 0.0}
+    lam = torch.zeros(G, cfg.bits, device=device)
+    data_gen = torch.Generator(device=device).manual_seed(cfg.data_seed)
+    noise_gens = [torch.Generator(device=device).manual_seed(c.seed) for c in configs]
+    shared = {"iteration": 0, "perm": None, "elapsed": 0.0}
+    logs = [{"rows": [], "units": []} for _ in configs]
 
-    if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        lam.copy_(ckpt["lambda"])
-        gen.set_state(ckpt["generator"].cpu() if device.type == "cpu" else ckpt["generator"])
-        state = ckpt["state"]
-        if state["iteration"] >= total and (out / "summary.json").exists():
-            return json.loads((out / "summary.json").read_text())
+    ckpts = _load_checkpoints(outs, device) if resume else None
+    if ckpts:
+        model.load_members([c["model"] for c in ckpts])
+        opt.load_state_dict(_stack_optimizer_states([c["optimizer"] for c in ckpts]))
+        lam.copy_(torch.stack([c["lambda"] for c in ckpts]))
+        data_gen.set_state(ckpts[0]["data_generator"])
+        for gen, c in zip(noise_gens, ckpts):
+            gen.set_state(c["noise_generator"])
+        shared = dict(ckpts[0]["state"])
+        logs = [c["log"] for c in ckpts]
 
-    def save_checkpoint():
-        payload = {"model": model.state_dict(), "optimizer": opt.state_dict(), "lambda": lam,
-                   "generator": gen.get_state(), "state": state}
-        atomic_write(ckpt_path, lambda p: torch.save(payload, p))
+    def save_checkpoints():
+        opt_state = opt.state_dict()
+        for g, out in enumerate(outs):
+            _save_checkpoint(out, {"model": model.member_state(g), "optimizer": _member_optimizer_state(opt_state, g),
+                                   "lambda": lam[g].clone(), "data_generator": data_gen.get_state(),
+                                   "noise_generator": noise_gens[g].get_state(), "state": dict(shared),
+                                   "log": logs[g]})
 
-    def record(sums: dict, count: int):
-        scalars, per_bit = evaluate(model, eval_x, cfg.prior)
-        it = state["iteration"]
-        row = {"epoch": it / per_epoch, "iteration": it}
-        means = (sums / count).tolist() if count else [float("nan")] * len(PARTS)
-        row.update({f"train_{k}": v for k, v in zip(PARTS, means)})
-        row.update(scalars)
-        row.update({"lambda_mean": float(lam.mean()), "lambda_max": float(lam.max()),
-                    "elapsed_s": state["elapsed"]})
-        state["rows"].append(row)
-        state["units"].append(pd.DataFrame({"iteration": it, "epoch": it / per_epoch,
-                                            "bit": np.arange(cfg.bits), **per_bit}))
-        atomic_text(out / "metrics.csv", pd.DataFrame(state["rows"]).to_csv(index=False))
-        atomic_text(out / "units.csv", pd.concat(state["units"]).to_csv(index=False))
-        save_checkpoint()
-        return row
+    def record(sums: torch.Tensor | None, count: int) -> list[dict]:
+        results = evaluate(model, eval_x, [c.prior for c in configs])
+        extra = extra_eval(model) if extra_eval else [{} for _ in configs]
+        it = shared["iteration"]
+        means = (sums / count).tolist() if count else [[float("nan")] * len(PARTS)] * G
+        rows = []
+        for g, out in enumerate(outs):
+            scalars, per_bit = results[g]
+            row = {"epoch": it / per_epoch, "iteration": it}
+            row.update({f"train_{k}": v for k, v in zip(PARTS, means[g])})
+            row.update(scalars)
+            row.update(extra[g])
+            row.update({"lambda_mean": float(lam[g].mean()), "lambda_max": float(lam[g].max()),
+                        "elapsed_s": shared["elapsed"]})
+            logs[g]["rows"].append(row)
+            logs[g]["units"].append(pd.DataFrame({"iteration": it, "epoch": it / per_epoch,
+                                                  "bit": np.arange(cfg.bits), **per_bit}))
+            atomic_text(out / "metrics.csv", pd.DataFrame(logs[g]["rows"]).to_csv(index=False))
+            atomic_text(out / "units.csv", pd.concat(logs[g]["units"]).to_csv(index=False))
+            rows.append(row)
+        save_checkpoints()
+        return rows
 
-    if state["iteration"] == 0 and not state["rows"]:
-        record(None, 0)
+    def run_hooks(rows):
         for hook in hooks:
-            hook(state["rows"][-1])
+            for g, row in enumerate(rows):
+                hook(g, row)
 
-    bar = tqdm(total=total, initial=state["iteration"], disable=not progress, desc=out.name, unit="step")
-    sums = torch.zeros(len(PARTS), device=device)
+    if shared["iteration"] == 0 and not logs[0]["rows"]:
+        run_hooks(record(None, 0))
+
+    bar = tqdm(total=total, initial=shared["iteration"], disable=not progress, unit="step",
+               desc=outs[0].name if G == 1 else f"{G} models")
+    sums = torch.zeros(G, len(PARTS), device=device)
     count, t0 = 0, time.perf_counter()
-    model.train()
-    while state["iteration"] < total:
-        it = state["iteration"]
+    half = torch.full((G, cfg.batch_size, cfg.bits), 0.5, device=device)
+    while shared["iteration"] < total:
+        it = shared["iteration"]
         if cfg.sampling == "replacement":
-            idx = torch.randint(n, (cfg.batch_size,), generator=gen, device=device)
+            idx = torch.randint(n, (cfg.batch_size,), generator=data_gen, device=device)
         else:
             pos = it % per_epoch
-            if pos == 0 or state["perm"] is None:
-                state["perm"] = torch.randperm(n, generator=gen, device=device)
-            idx = state["perm"][pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
+            if pos == 0 or shared["perm"] is None:
+                shared["perm"] = torch.randperm(n, generator=data_gen, device=device)
+            idx = shared["perm"][pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
         x = train_x[idx]
         if cfg.train_noise == "uniform":
-            xi = torch.rand((cfg.batch_size, cfg.bits), generator=gen, device=device)
+            xi = torch.stack([torch.rand((cfg.batch_size, cfg.bits), generator=g_, device=device)
+                              for g_ in noise_gens])
         else:
-            xi = torch.full((cfg.batch_size, cfg.bits), 0.5, device=device)
-        loss = compute_loss(model, x, xi, cfg, lam)
+            xi = half
+        loss = compute_loss(model, x, xi, spec, lam)
         opt.zero_grad(set_to_none=True)
         loss.total.backward()
         opt.step()
-        if cfg.method == "rsgh":
-            adversary_step(lam, loss.redundancy, cfg.adversary_lr)
+        adversary_step(lam, loss.redundancy, spec)
         sums += loss.parts
         count += 1
-        state["iteration"] = it + 1
+        shared["iteration"] = it + 1
         bar.update(1)
-        if state["iteration"] % eval_every == 0 or state["iteration"] == total:
-            state["elapsed"] += time.perf_counter() - t0
-            row = record(sums, count)
-            bar.set_postfix(loss=f"{row['train_loss']:.3g}", mse=f"{row['recon_mse']:.4f}",
-                            active=row["active_units_001"])
-            for hook in hooks:
-                hook(row)
+        if shared["iteration"] % eval_every == 0 or shared["iteration"] == total:
+            shared["elapsed"] += time.perf_counter() - t0
+            rows = record(sums, count)
+            bar.set_postfix(mse=f"{rows[0]['recon_mse']:.4f}", active=rows[0]["active_units_001"])
+            run_hooks(rows)
             sums.zero_()
             count, t0 = 0, time.perf_counter()
     bar.close()
 
-    atomic_write(out / "model.pt", lambda p: torch.save(
-        {"config": cfg.to_dict(), "state_dict": model.state_dict(), "input_dim": train_x.shape[1]}, p))
-    final = state["rows"][-1]
-    with torch.no_grad():
-        train_scalars, _ = evaluate(model, train_x, cfg.prior)
-    evals = [r for r in state["rows"] if r["iteration"] > 0]
-    summary = {
-        "config": cfg.to_dict(), "final": final,
-        "train_recon_half_sse": train_scalars["recon_half_sse"], "train_recon_mse": train_scalars["recon_mse"],
-        "iterations": state["iteration"], "epochs": state["iteration"] / per_epoch,
-        "wall_time_s": state["elapsed"],
-        "seconds_per_epoch": state["elapsed"] / (state["iteration"] / per_epoch),
-        "steps_per_second": state["iteration"] / state["elapsed"] if state["elapsed"] else None,
-        "evaluations": len(evals), "device": str(device), "threads": cfg.threads,
-        "data_source": data.source, "data_checksums": data.checksums,
-        "versions": versions(), "git_commit": git_commit(),
-    }
-    atomic_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
-    return summary
+    train_eval = evaluate(model, train_x, [c.prior for c in configs])
+    summaries = []
+    for g, (c, out) in enumerate(zip(configs, outs)):
+        atomic_write(out / "model.pt", lambda p: torch.save(
+            {"config": c.to_dict(), "state_dict": model.member_state(g), "input_dim": train_x.shape[1]}, p))
+        steps = shared["iteration"]
+        summary = {
+            "config": c.to_dict(), "final": logs[g]["rows"][-1],
+            "train_recon_half_sse": train_eval[g][0]["recon_half_sse"],
+            "train_recon_mse": train_eval[g][0]["recon_mse"],
+            "iterations": steps, "epochs": steps / per_epoch, "group_size": G,
+            "wall_time_s": shared["elapsed"],
+            "seconds_per_epoch": shared["elapsed"] / (steps / per_epoch) if steps else None,
+            "steps_per_second": steps / shared["elapsed"] if shared["elapsed"] else None,
+            "device": str(device), "threads": c.threads, "data_source": data.source,
+            "data_checksums": data.checksums, "versions": versions(), "git_commit": git_commit(),
+        }
+        atomic_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
+        summaries.append(summary)
+    return summaries
+
+
+def train(cfg: Config, data: TrainData, out: str | Path, resume: bool = False,
+          hooks: tuple[Callable[[dict], None], ...] = (), progress: bool = True,
+          extra_eval: Callable[[HashModel], list[dict]] | None = None) -> dict:
+    """Train one model (a group of one) into the run directory ``out``; returns its summary."""
+    return train_group([cfg], data, [out], resume, tuple((lambda g, row, h=h: h(row)) for h in hooks),
+                       progress, extra_eval)[0]
 
 
 def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[HashModel, Config]:
-    """The trained model of a finished run directory."""
+    """The trained model of a finished run directory (a group of one)."""
     path = Path(run_dir) / "model.pt"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a finished run directory?")
     saved = torch.load(path, map_location=device, weights_only=False)
     cfg = Config(**saved["config"])
     sd = saved["state_dict"]
-    mean = sd.get("shift")
-    var = sd.get("scale")
-    model = HashModel(saved["input_dim"], cfg.bits, cfg.hidden_layers, cfg.arch, mean, var)
-    model.load_state_dict(sd)
+    mean = sd["shift"].reshape(-1) if "shift" in sd else None
+    var = sd["scale"].reshape(-1) if "scale" in sd else None
+    model = HashModel(saved["input_dim"], cfg.bits, cfg.hidden_layers, cfg.arch, [cfg.seed], mean, var)
+    model.load_members([sd])
     return model.eval(), cfg

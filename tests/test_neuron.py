@@ -8,7 +8,7 @@ import torch
 from rsgh.config import make_config
 from rsgh.model import HashModel
 from rsgh.neuron import binary_sample, flip_differences, hash_codes
-from rsgh.objective import bernoulli_kl, compute_loss
+from rsgh.objective import GroupSpec, bernoulli_kl, compute_loss
 
 
 
@@ -79,16 +79,18 @@ def _expected_estimator_vs_exact(method, estimator, delta=0.0, tie_target="decod
     cfg = make_config(None, dict(method=method, bits=k, hidden_layers=1, estimator=estimator,
                                  delta=delta, eta=0.0, tie_target=tie_target, prior=0.3))
     model = HashModel(d, k, 1).double()
+    spec = GroupSpec.from_configs([cfg], dtype=torch.float64)
     x = torch.rand(1, d)
-    lam = torch.zeros(k)
+    lam = torch.zeros(1, k)
     params = list(model.parameters())
 
     # exact: E_q[rec + tie] + KL, enumerated over the 2^K codes
     logits, a = model.encode(x)
-    pi = torch.sigmoid(logits)[0]
+    pi = torch.sigmoid(logits)[0, 0]
     codes = _all_codes(k)
     prob = (codes * pi + (1 - codes) * (1 - pi)).prod(-1)
-    x_hat, g = model.decode(codes)
+    x_hat, g = model.decode(codes[None])
+    x_hat, g, a = x_hat[0], g[0], a[0]
     f = 0.5 * (x - x_hat).pow(2).sum(-1)
     if method == "rsgh":
         target = g if tie_target == "decoder" else a.expand(len(codes), -1)
@@ -98,7 +100,7 @@ def _expected_estimator_vs_exact(method, estimator, delta=0.0, tie_target="decod
 
     expected = [torch.zeros_like(p) for p in params]
     for code, p in zip(codes, prob):
-        loss = compute_loss(model, x, _xi_forcing(code)[None], cfg, lam)
+        loss = compute_loss(model, x, _xi_forcing(code)[None, None], spec, lam)
         grads = torch.autograd.grad(loss.total, params)
         for e, gr in zip(expected, grads):
             e += p.detach() * gr

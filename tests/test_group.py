@@ -1,0 +1,75 @@
+"""Lock-step training of a group: each model ends where it ends when trained alone."""
+
+import os
+
+import pandas as pd
+import pytest
+import torch
+
+from rsgh.config import make_config
+from rsgh.train import TrainData, train, train_group
+
+
+def cfgs():
+    base = dict(dataset="mnist", hidden_layers=2, bits=8, batch_size=32, epochs=3, device="cpu")
+    return [make_config(None, dict(base, method="sgh", seed=0)),
+            make_config(None, dict(base, method="rsgh", seed=1)),
+            make_config(None, dict(base, method="rsgh", seed=2, tie_target="encoder", redundancy="kl", tau=0.2,
+                                   prior=0.4, delta=0.1, eta=0.5, adv_lr=0.1)),
+            make_config(None, dict(base, method="rsgh", seed=0, redundancy="correlation", coupling="step_sizes",
+                                   delta=0.001, eta=0.05))]
+
+
+def weights(run):
+    return torch.load(run / "model.pt", weights_only=False)["state_dict"]
+
+
+def metrics(run):
+    return pd.read_csv(run / "metrics.csv").drop(columns=["elapsed_s"])
+
+
+def test_group_members_match_lone_runs(tmp_path, blobs):
+    configs = cfgs()
+    outs = [tmp_path / f"group{g}" for g in range(len(configs))]
+    train_group(configs, TrainData(*blobs), outs, progress=False)
+    for g, cfg in enumerate(configs):
+        alone = tmp_path / f"alone{g}"
+        train(cfg, TrainData(*blobs), alone, progress=False)
+        for k, v in weights(alone).items():
+            torch.testing.assert_close(weights(outs[g])[k], v, rtol=1e-4, atol=1e-5)
+        pd.testing.assert_frame_equal(metrics(outs[g]), metrics(alone), rtol=1e-4, check_dtype=False)
+    # the members really differ from each other
+    assert not torch.allclose(weights(outs[0])["dec0_weight"], weights(outs[1])["dec0_weight"])
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_group_resume_also_after_a_kill_between_member_checkpoints(tmp_path, blobs):
+    configs = cfgs()[:3]
+    full = [tmp_path / f"full{g}" for g in range(3)]
+    cut = [tmp_path / f"cut{g}" for g in range(3)]
+    train_group(configs, TrainData(*blobs), full, progress=False)
+
+    def stop(g, row):
+        if row["iteration"] >= 32 and g == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_group(configs, TrainData(*blobs), cut, hooks=(stop,), progress=False)
+    # as if killed while writing the checkpoints: member 1 is one evaluation behind the others
+    os.replace(cut[1] / "checkpoint.prev.pt", cut[1] / "checkpoint.pt")
+    train_group(configs, TrainData(*blobs), cut, resume=True, progress=False)
+    for a, b in zip(full, cut):
+        for k, v in weights(a).items():
+            assert torch.equal(weights(b)[k], v), k
+        pd.testing.assert_frame_equal(metrics(a), metrics(b))
+
+
+def test_incompatible_models_are_refused(tmp_path, blobs):
+    a, b = cfgs()[0], make_config(None, dict(cfgs()[0].to_dict(), bits=16))
+    with pytest.raises(ValueError, match="must agree on bits"):
+        train_group([a, b], TrainData(*blobs), [tmp_path / "a", tmp_path / "b"], progress=False)
+    with pytest.raises(ValueError, match="one distinct run directory per model"):
+        train_group([a, a], TrainData(*blobs), [tmp_path / "a", tmp_path / "a"], progress=False)
