@@ -33,7 +33,9 @@ def group_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     ``bias``: (G, 1, out). Returns (G, ..., out).
     """
     if x.dim() == 2:
-        y = torch.matmul(x, weight)
+        # One (B, in) x (in, G*out) GEMM instead of G small ones: much faster on a CPU.
+        g, fan_in, fan_out = weight.shape
+        y = (x @ weight.transpose(0, 1).reshape(fan_in, g * fan_out)).reshape(len(x), g, fan_out).transpose(0, 1)
         return y if bias is None else y + bias
     lead = x.shape[1:-1]
     flat = x.reshape(x.shape[0], -1, x.shape[-1])
