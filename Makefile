@@ -20,8 +20,7 @@ $(VENV)/.installed: pyproject.toml
 
 # --resume makes every step idempotent: a finished run is kept, an interrupted one continues.
 e1: venv
-	$(PY) -m rsgh train --config e1-sgh --out $(RUNS)/e1-sgh --resume
-	$(PY) -m rsgh train --config e1-rsgh --out $(RUNS)/e1-rsgh --resume
+	$(PY) -m rsgh train --config e1-sgh e1-rsgh --out $(RUNS)/e1-sgh $(RUNS)/e1-rsgh --resume
 
 reference: venv
 	$(PY) -m rsgh train --config sgh-reference --out $(RUNS)/sgh-reference --resume

@@ -1,4 +1,4 @@
-"""Command line: ``python -m rsgh train --config NAME [--set key=value ...] --out DIR``."""
+"""Command line: ``python -m rsgh train --config NAME [NAME ...] [--set key=value ...] --out DIR [DIR ...]``."""
 
 from __future__ import annotations
 
@@ -9,26 +9,23 @@ import sys
 from .config import PRESETS, config_help, make_config, parse_overrides
 
 
-def _train_data(cfg, data_root):
-    from .data import load_mnist_like
-    from .train import TrainData
-
-    d = load_mnist_like(cfg.dataset, data_root)
-    return TrainData(d.train_x, d.test_x, d.source, d.checksums)
-
-
 def cmd_train(args) -> int:
-    from .train import train
+    from .runner import run_group
 
-    cfg = make_config(args.config, parse_overrides(args.set or []))
-    data = _train_data(cfg, args.data_root)
-    summary = train(cfg, data, args.out, resume=args.resume, progress=not args.quiet)
-    final = summary["final"]
-    print(json.dumps({"out": str(args.out), "recon_mse": final["recon_mse"],
-                      "recon_half_sse": final["recon_half_sse"],
-                      "active_units_001": final["active_units_001"],
-                      "active_units_005": final["active_units_005"],
-                      "wall_time_s": round(summary["wall_time_s"], 1)}))
+    overrides = parse_overrides(args.set or [])
+    names = args.config or [None]
+    if len(names) != len(args.out):
+        raise ValueError(f"{len(names)} config(s) but {len(args.out)} --out folder(s): give one --out per config")
+    configs = [make_config(name, overrides) for name in names]
+    summaries = run_group(configs, args.out, args.data_root, resume=args.resume, progress=not args.quiet)
+    for out, summary in zip(args.out, summaries):
+        final = summary["final"]
+        line = {"out": str(out), "recon_mse": final["recon_mse"], "recon_half_sse": final["recon_half_sse"],
+                "active_units_001": final["active_units_001"], "active_units_005": final["active_units_005"],
+                "wall_time_s": round(summary["wall_time_s"], 1)}
+        if "retrieval" in summary:
+            line["map"] = summary["retrieval"]["map"]
+        print(json.dumps(line))
     return 0
 
 
@@ -68,9 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train one SGH or R-SGH model into a run directory",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"configs (presets over the defaults):\n{presets}\n\nparameters for --set:\n{config_help()}")
-    t.add_argument("--config", choices=sorted(PRESETS), help="a preset; the defaults below when omitted")
+    t.add_argument("--config", nargs="+", choices=sorted(PRESETS),
+                   help="a preset (the defaults below when omitted); several presets are trained together as "
+                        "one group in lock-step, on one stream of batches (they must share the architecture)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a parameter (repeatable)")
-    t.add_argument("--out", required=True, help="run directory (must be new or empty, unless --resume)")
+    t.add_argument("--out", nargs="+", required=True,
+                   help="run directory, one per config (must be new or empty, unless --resume)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--data-root", help="folder holding MNIST/raw etc. (default: $RSGH_DATA, else data/cache)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -19,8 +19,26 @@ def _f(default, help: str, choices: tuple | None = None):
 
 @dataclass(frozen=True)
 class Config:
-    # --- data
-    dataset: str = _f("mnist", "training data", ("mnist", "fashion-mnist"))
+    # --- data and task
+    task: str = _f("reconstruction", "'reconstruction': train on the training set, measure on the test set "
+                   "(embodiment 1); 'retrieval': split into queries and database (= training set), measure mAP "
+                   "(embodiments 2 and 3)", ("reconstruction", "retrieval"))
+    dataset: str = _f("mnist", "images: mnist and fashion-mnist (IDX files), cifar10, caltech256, or 'folder' "
+                      "(your own root/<class>/<image> folder or archive, see folder)",
+                      ("mnist", "fashion-mnist", "cifar10", "caltech256", "folder"))
+    cifar_source: str = _f("auto", "CIFAR-10 files: 'official' cifar-10-python.tar.gz, 'jpeg' the JPEG copy "
+                           "cifar10-jpeg.tar.gz (lossy, always labelled so), 'auto' official when present",
+                           ("auto", "official", "jpeg"))
+    folder: str = _f("", "dataset=folder: path of the labelled image folder or archive")
+    include_clutter: bool = _f(False, "caltech256: keep the 257.clutter category")
+    features: str = _f("pixels", "inputs of the network: 'pixels' scaled to [0, 1] or 'gist' (GIST-512)",
+                       ("pixels", "gist"))
+    image_size: int = _f(128, "caltech256 and folder images are resized to image_size x image_size for GIST")
+    feature_scaling: str = _f("none", "'none', or 'standardize' each feature with the training set's mean and "
+                              "standard deviation", ("none", "standardize"))
+    queries_per_class: int = _f(100, "retrieval split: queries drawn per class (used when n_queries = 0)")
+    n_queries: int = _f(0, "retrieval split: if > 0, this many uniformly random queries instead")
+    split_seed: int = _f(0, "seed of the retrieval split")
     # --- network
     arch: str = _f("mlp", "'mlp': M ReLU hidden layers of width K on each side; 'reference': the linear "
                    "SGH of the published code (logits = xW + b, x_hat = (hU)*|s| + m)", ("mlp", "reference"))
@@ -59,7 +77,8 @@ class Config:
     sampling: str = _f("shuffle", "'shuffle': each epoch a new permutation, last partial batch dropped; "
                        "'replacement': every batch drawn with replacement (reference code)",
                        ("shuffle", "replacement"))
-    eval_every: int = _f(0, "steps between evaluations and checkpoints; 0 = once per epoch")
+    eval_every: int = _f(0, "steps between evaluations and checkpoints; 0 = every eval_epochs epochs")
+    eval_epochs: int = _f(1, "epochs between evaluations and checkpoints (when eval_every = 0)")
     seed: int = _f(0, "seed of the model's initialisation and of its noise xi")
     data_seed: int = _f(0, "seed of the batch order (one stream for a group of models trained together)")
     threads: int = _f(1, "torch CPU threads (one is fastest for these small networks)")
@@ -71,11 +90,12 @@ class Config:
             choices = f.metadata.get("choices")
             if choices and value not in choices:
                 raise ValueError(f"{f.name}={value!r} is not one of {', '.join(choices)}")
-        positive = ["bits", "batch_size", "recon_sigma", "threads"]
+        positive = ["bits", "batch_size", "recon_sigma", "threads", "eval_epochs", "image_size"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ["hidden_layers", "epochs", "iterations", "eval_every", "delta", "eta", "lr", "adv_lr",
+                     "queries_per_class", "n_queries",
                      "entropy_weight", "l2_weight", "tau"]:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -83,6 +103,13 @@ class Config:
             raise ValueError(f"prior must lie strictly between 0 and 1, got {self.prior}")
         if self.epochs == 0 and self.iterations == 0:
             raise ValueError("nothing to train: set epochs > 0 or iterations > 0")
+        if self.task == "reconstruction" and self.dataset not in ("mnist", "fashion-mnist"):
+            raise ValueError(f"task=reconstruction uses the train/test split of mnist or fashion-mnist; "
+                             f"{self.dataset} has none: use task=retrieval")
+        if self.dataset == "folder" and not self.folder:
+            raise ValueError("dataset=folder needs folder=PATH (a root/<class>/<image> folder or archive)")
+        if self.task == "retrieval" and self.n_queries == 0 and self.queries_per_class == 0:
+            raise ValueError("retrieval needs queries: set queries_per_class > 0 or n_queries > 0")
         if self.objective == "reference" and self.method != "sgh":
             raise ValueError("objective='reference' is the published SGH code: use method=sgh")
         if self.arch == "reference" and self.method == "rsgh":
@@ -120,10 +147,20 @@ class Config:
 E1 = dict(dataset="mnist", arch="mlp", hidden_layers=1, bits=64, batch_size=32, epochs=50,
           delta=0.01, eta=0.01, prior=0.5, tau=0.05)
 
+# Embodiments 2 and 3: retrieval on GIST-512, M = 4, 200 epochs; code length via --set bits=32|64|128.
+E2 = dict(task="retrieval", dataset="cifar10", features="gist", feature_scaling="standardize", hidden_layers=4,
+          bits=64, batch_size=32, epochs=200, eval_epochs=10, delta=0.01, eta=0.01, prior=0.5, tau=0.05,
+          queries_per_class=100)
+E3 = dict(E2, dataset="caltech256", n_queries=1000, image_size=128, include_clutter=False)
+
 PRESETS: dict[str, dict] = {
     # Embodiment 1 of the patents: MNIST reconstruction error against epoch.
     "e1-sgh": dict(E1, method="sgh"),
     "e1-rsgh": dict(E1, method="rsgh"),
+    "e2-sgh": dict(E2, method="sgh"),
+    "e2-rsgh": dict(E2, method="rsgh"),
+    "e3-sgh": dict(E3, method="sgh"),
+    "e3-rsgh": dict(E3, method="rsgh"),
     # The published SGH code (linear SGH on MNIST), SPEC section 2, choice by choice.
     "sgh-reference": dict(dataset="mnist", arch="reference", hidden_layers=0, bits=64, method="sgh",
                           objective="reference", estimator="approximate", train_noise="half",

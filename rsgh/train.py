@@ -184,6 +184,8 @@ def train_group(configs: Sequence[Config], data: TrainData, outs: Sequence[str |
         raise ValueError(f"batch_size={cfg.batch_size} is larger than the training set ({len(data.train_x)})")
     for c, out in zip(configs, outs):
         _prepare_dir(out, c, resume)
+    if resume and all((out / "summary.json").exists() for out in outs):  # finished: nothing to do
+        return [json.loads((out / "summary.json").read_text()) for out in outs]
 
     torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
@@ -192,7 +194,7 @@ def train_group(configs: Sequence[Config], data: TrainData, outs: Sequence[str |
     n, G = len(train_x), len(configs)
     per_epoch = n // cfg.batch_size
     total = cfg.iterations if cfg.iterations > 0 else cfg.epochs * per_epoch
-    eval_every = cfg.eval_every or per_epoch
+    eval_every = cfg.eval_every or per_epoch * cfg.eval_epochs
 
     spec = GroupSpec.from_configs(configs, device)
     model = build_model(configs, train_x).to(device)
@@ -309,6 +311,7 @@ def train_group(configs: Sequence[Config], data: TrainData, outs: Sequence[str |
             "data_checksums": data.checksums, "versions": versions(), "git_commit": git_commit(),
         }
         atomic_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
+        (out / PREVIOUS).unlink(missing_ok=True)
         summaries.append(summary)
     return summaries
 

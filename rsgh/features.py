@@ -1,0 +1,60 @@
+"""Features for the retrieval embodiments, cached on disk.
+
+GIST-512 descriptors of a labelled image collection are computed once and stored under
+``cache_dir()/features/``, keyed by the collection's checksum and the GIST parameters, so no
+notebook or run recomputes them. The cache file is written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .paths import cache_dir
+
+
+def _key(*parts: str) -> str:
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+
+def cached(name: str, key_parts: tuple[str, ...], compute, folder: Path | None = None) -> np.ndarray:
+    """``compute()`` once per key; later calls load the saved array (a few ms)."""
+    folder = (folder or cache_dir()) / "features"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{_key(*key_parts)}.npy"
+    if path.exists():
+        return np.load(path)
+    array = np.ascontiguousarray(compute())
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, array)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return array
+
+
+def gist_features(images, checksum: str, image_size: tuple[int, int] | None = None,
+                  progress: bool = True) -> np.ndarray:
+    """GIST-512 (float32, (N, 512)) of ``images`` (uint8 (N, H, W[, 3]) or a list of such
+    arrays of mixed sizes when ``image_size`` is given), cached by ``checksum`` and parameters."""
+    from .gist import GistParams, gist
+
+    params = GistParams()
+    size_key = "native" if image_size is None else f"{image_size[0]}x{image_size[1]}"
+
+    def compute():
+        if isinstance(images, list):
+            if image_size is None:
+                raise ValueError("images of mixed sizes need an image_size to compute GIST")
+            from PIL import Image
+
+            resized = np.stack([np.asarray(Image.fromarray(im).resize(image_size[::-1], Image.BILINEAR))
+                                for im in images])
+            return gist(resized, progress=progress)
+        return gist(images, image_size=image_size, progress=progress)
+
+    return cached("gist", (checksum, params.key(), size_key, str(len(images))), compute)

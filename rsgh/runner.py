@@ -1,0 +1,66 @@
+"""Run a group of configurations end to end: load the data the task needs, train the group in
+lock-step, and write the task's results into each run directory.
+
+For retrieval runs this adds ``split.json`` (the query / database indices used) and
+``retrieval.json`` (mAP, precision@k, precision within Hamming radius 2 and precision-recall
+points of the final codes), and a ``map`` column in ``metrics.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from .config import Config
+from .train import atomic_text, load_model, train_group
+
+
+def load_task_data(cfg: Config, data_root=None, progress: bool = True):
+    """(TrainData, RetrievalData or None) for a configuration."""
+    if cfg.task == "retrieval":
+        from .retrieval import load_retrieval_data
+
+        rdata = load_retrieval_data(cfg, data_root, progress=progress)
+        return rdata.train_data(), rdata
+    from .data import load_mnist_like
+    from .train import TrainData
+
+    d = load_mnist_like(cfg.dataset, data_root)
+    return TrainData(d.train_x, d.test_x, d.source, d.checksums), None
+
+
+def run_group(configs: Sequence[Config], outs: Sequence[str | Path], data_root=None, resume: bool = False,
+              progress: bool = True, prepared=None) -> list[dict]:
+    """Train ``configs`` together (one model per run directory in ``outs``); returns summaries.
+
+    ``prepared``: the result of :func:`load_task_data`, to share loaded data between groups.
+    """
+    train_data, rdata = prepared or load_task_data(configs[0], data_root, progress)
+    for c in configs[1:]:
+        if (c.task, c.dataset, c.features, c.feature_scaling, c.split_seed) != \
+                (configs[0].task, configs[0].dataset, configs[0].features, configs[0].feature_scaling,
+                 configs[0].split_seed):
+            raise ValueError("models of one group must use the same data, features and split")
+    extra = None
+    if rdata is not None:
+        from .retrieval import map_evaluator
+        from .train import pick_device
+
+        extra = map_evaluator(rdata, pick_device(configs[0].device))
+    summaries = train_group(configs, train_data, outs, resume=resume, progress=progress, extra_eval=extra)
+    if rdata is not None:
+        import torch
+
+        from .retrieval import retrieval_report
+
+        for out, summary in zip(map(Path, outs), summaries):
+            model, _ = load_model(out)
+            q = torch.as_tensor(rdata.features[rdata.query])
+            db = torch.as_tensor(rdata.features[rdata.database])
+            report = retrieval_report(model.hash(q)[0].numpy(), model.hash(db)[0].numpy(), rdata)
+            atomic_text(out / "retrieval.json", json.dumps(report, indent=2))
+            rdata.split.save(out / "split.json")
+            summary["retrieval"] = {k: report[k] for k in ("map", "precision_at_k", "precision_radius2")}
+            atomic_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
+    return summaries
