@@ -260,6 +260,15 @@ def train_group(configs: Sequence[Config], data: TrainData, outs: Sequence[str |
     sums = torch.zeros(G, len(PARTS), device=device)
     count, t0 = 0, time.perf_counter()
     half = torch.full((G, cfg.batch_size, cfg.bits), 0.5, device=device)
+
+    def forward_backward(x, xi):
+        loss = compute_loss(model, x, xi, spec, lam)
+        loss.total.backward()
+        return loss.parts, loss.redundancy
+
+    if cfg.compile_step:
+        forward_backward = torch.compile(forward_backward)
+
     while shared["iteration"] < total:
         it = shared["iteration"]
         if cfg.sampling == "replacement":
@@ -275,12 +284,11 @@ def train_group(configs: Sequence[Config], data: TrainData, outs: Sequence[str |
                               for g_ in noise_gens])
         else:
             xi = half
-        loss = compute_loss(model, x, xi, spec, lam)
         opt.zero_grad(set_to_none=True)
-        loss.total.backward()
+        parts, redundancy = forward_backward(x, xi)
         opt.step()
-        adversary_step(lam, loss.redundancy, spec)
-        sums += loss.parts
+        adversary_step(lam, redundancy, spec)
+        sums += parts
         count += 1
         shared["iteration"] = it + 1
         bar.update(1)

@@ -73,3 +73,16 @@ def test_incompatible_models_are_refused(tmp_path, blobs):
         train_group([a, b], TrainData(*blobs), [tmp_path / "a", tmp_path / "b"], progress=False)
     with pytest.raises(ValueError, match="one distinct run directory per model"):
         train_group([a, a], TrainData(*blobs), [tmp_path / "a", tmp_path / "a"], progress=False)
+
+
+def test_compiled_step_agrees_with_eager(tmp_path, blobs):
+    base = cfgs()[:2]
+    compiled = [make_config(None, dict(c.to_dict(), compile_step=True, epochs=1)) for c in base]
+    eager = [make_config(None, dict(c.to_dict(), epochs=1)) for c in base]
+    a = [tmp_path / "e0", tmp_path / "e1"]
+    b = [tmp_path / "c0", tmp_path / "c1"]
+    train_group(eager, TrainData(*blobs), a, progress=False)
+    train_group(compiled, TrainData(*blobs), b, progress=False)
+    for x, y in zip(a, b):
+        for k, v in weights(x).items():
+            torch.testing.assert_close(weights(y)[k], v, rtol=1e-4, atol=1e-5)
