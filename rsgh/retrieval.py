@@ -27,6 +27,7 @@ class RetrievalData:
     names: list = field(default_factory=list)  # per image, for showing results
     class_names: list = field(default_factory=list)
     split: object = None  # image_datasets.Split, saved with each run
+    raw_features: np.ndarray | None = None  # before feature_scaling (the baselines use these)
 
     def train_data(self):
         from .train import TrainData
@@ -79,13 +80,13 @@ def load_retrieval_data(cfg: Config, root=None, progress: bool = True) -> Retrie
         split = retrieval_split(labels, n_queries=cfg.n_queries, seed=cfg.split_seed)
     else:
         split = retrieval_split(labels, per_class=cfg.queries_per_class, seed=cfg.split_seed)
-    features = np.asarray(features, dtype=np.float32)
+    features = raw = np.asarray(features, dtype=np.float32)
     if cfg.feature_scaling == "standardize":
         train = features[split.database]
         mean, std = train.mean(0), train.std(0)
         features = (features - mean) / np.where(std > 0, std, 1.0)
     return RetrievalData(features.astype(np.float32), np.asarray(labels, dtype=np.int64), split.query,
-                         split.database, source, checksums, list(names), list(classes), split)
+                         split.database, source, checksums, list(names), list(classes), split, raw)
 
 
 def map_evaluator(data: RetrievalData, device="cpu"):

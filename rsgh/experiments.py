@@ -1,0 +1,128 @@
+"""The experiments of the book, as functions that notebooks call: each trains what it needs
+(or reuses the finished run directories, so rebuilding a figure never retrains) and returns
+tidy pandas tables.
+
+Run directories are named ``<runs>/<experiment>/<method>-k<bits>-s<seed>[-<variant>]``. A
+run directory whose configuration differs from the one asked for is never overwritten: the
+call stops with the difference (see ``train._prepare_dir``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .config import Config, make_config
+from .runner import load_task_data, run_group
+
+
+def run_dir_name(cfg: Config, variant: str = "") -> str:
+    return f"{cfg.method}-k{cfg.bits}-s{cfg.seed}" + (f"-{variant}" if variant else "")
+
+
+def train_variants(experiment: str, variants: Sequence[tuple[str, Config]], runs: str | Path = "runs",
+                   data_root=None, progress: bool = True, prepared=None) -> list[Path]:
+    """Train named configurations, grouped by what must be shared, and return their run dirs.
+
+    ``variants``: (variant name, config) pairs. Configurations that can share a group (same
+    architecture, data, learning rate) are trained together in lock-step.
+    """
+    from .objective import PER_MODEL
+
+    root = Path(runs) / experiment
+    groups: dict[tuple, list[tuple[Path, Config]]] = {}
+    for name, cfg in variants:
+        shared = tuple((k, v) for k, v in cfg.to_dict().items() if k not in PER_MODEL) + (cfg.model_lr,)
+        groups.setdefault(shared, []).append((root / run_dir_name(cfg, name), cfg))
+    outs = []
+    for members in groups.values():
+        dirs = [d for d, _ in members]
+        run_group([c for _, c in members], dirs, data_root, resume=True, progress=progress, prepared=prepared)
+        outs += dirs
+    return outs
+
+
+def read_runs(dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(curves, finals): every metrics row of every run, and one row per run with its summary,
+    both with the run's method, bits, seed, variant and configuration readings as columns."""
+    curves, finals = [], []
+    for d in map(Path, dirs):
+        summary = json.loads((d / "summary.json").read_text())
+        cfg = summary["config"]
+        variant = d.name.split("-", 3)[3] if d.name.count("-") >= 3 else "default"
+        tags = {"run": d.name, "method": cfg["method"].upper().replace("RSGH", "R-SGH"), "bits": cfg["bits"],
+                "seed": cfg["seed"], "variant": variant}
+        m = pd.read_csv(d / "metrics.csv")
+        curves.append(m.assign(**tags))
+        row = dict(tags, **summary["final"], wall_time_s=summary["wall_time_s"],
+                   seconds_per_epoch=summary["seconds_per_epoch"], group_size=summary.get("group_size", 1),
+                   source=summary["data_source"], git_commit=summary["git_commit"])
+        if (d / "retrieval.json").exists():
+            r = json.loads((d / "retrieval.json").read_text())
+            row.update({"map": r["map"], "precision_radius2": r["precision_radius2"],
+                        **{f"p@{k}": v for k, v in r["precision_at_k"].items()}})
+        finals.append(row)
+    return pd.concat(curves, ignore_index=True), pd.DataFrame(finals)
+
+
+def mean_and_spread(finals: pd.DataFrame, by: Sequence[str], columns: Sequence[str]) -> pd.DataFrame:
+    """``mean ± std (n)`` over seeds, one row per group of ``by``."""
+    def fmt(s):
+        s = s.dropna()
+        if len(s) == 0:
+            return "n/a"
+        return f"{s.mean():.4f} ± {s.std(ddof=1):.4f} (n={len(s)})" if len(s) > 1 else f"{s.iloc[0]:.4f} (n=1)"
+    return finals.groupby(list(by))[list(columns)].agg(fmt)
+
+
+def e1_configs(seeds: Sequence[int], epochs: int, **overrides) -> list[tuple[str, Config]]:
+    return [("", make_config(name, dict(overrides, seed=s, epochs=epochs)))
+            for name in ("e1-sgh", "e1-rsgh") for s in seeds]
+
+
+def retrieval_configs(presets: tuple[str, str], bits: Sequence[int], seeds: Sequence[int], epochs: int,
+                      **overrides) -> list[tuple[str, Config]]:
+    return [("", make_config(name, dict(overrides, bits=b, seed=s, epochs=epochs)))
+            for b in bits for name in presets for s in seeds]
+
+
+def ablation_configs(base: str, seeds: Sequence[int], epochs: int, **overrides) -> list[tuple[str, Config]]:
+    """SGH, R-SGH with the default readings, and R-SGH with each alternative reading of SPEC 3."""
+    readings = {"default": {}, "tie-encoder": {"tie_target": "encoder"}, "redundancy-kl": {"redundancy": "kl"},
+                "redundancy-correlation": {"redundancy": "correlation"},
+                "step-sizes": {"coupling": "step_sizes"}}
+    out = [("default", make_config(base.replace("rsgh", "sgh"), dict(overrides, seed=s, epochs=epochs)))
+           for s in seeds]
+    for name, reading in readings.items():
+        out += [(name, make_config(base, dict(overrides, **reading, seed=s, epochs=epochs))) for s in seeds]
+    return out
+
+
+def baselines_table(cfg: Config, bits: Sequence[int], seeds: Sequence[int] = (0,), data_root=None,
+                    prepared=None, names: Sequence[str] = ("LSH", "PCAH", "ITQ", "SH")) -> pd.DataFrame:
+    """The classic baselines on the same features and split as a retrieval configuration (on the
+    features before ``feature_scaling``, as in the published calibration)."""
+    from .baselines import fit_baseline
+    from .retrieval import retrieval_report
+
+    _, rdata = prepared or load_task_data(cfg, data_root)
+    rows = []
+    db, q = rdata.raw_features[rdata.database], rdata.raw_features[rdata.query]
+    for name in names:
+        for k in bits:
+            # PCAH and SH are deterministic: one seed is enough
+            for s in (seeds if name in ("LSH", "ITQ") else seeds[:1]):
+                t0 = time.perf_counter()
+                model = fit_baseline(name.lower(), db, k, seed=s)
+                rep = retrieval_report(model.encode(q), model.encode(db), rdata)
+                rows.append({"method": name, "bits": k, "seed": s, "map": rep["map"],
+                             "precision_radius2": rep["precision_radius2"],
+                             **{f"p@{kk}": v for kk, v in rep["precision_at_k"].items()},
+                             "seconds": time.perf_counter() - t0, "source": rdata.source})
+    return pd.DataFrame(rows)
