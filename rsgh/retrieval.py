@@ -28,6 +28,7 @@ class RetrievalData:
     class_names: list = field(default_factory=list)
     split: object = None  # image_datasets.Split, saved with each run
     raw_features: np.ndarray | None = None  # before feature_scaling (the baselines use these)
+    scaling: dict = field(default_factory=dict)  # {"mean", "std"} of feature_scaling=standardize
 
     def train_data(self):
         from .train import TrainData
@@ -81,12 +82,20 @@ def load_retrieval_data(cfg: Config, root=None, progress: bool = True) -> Retrie
     else:
         split = retrieval_split(labels, per_class=cfg.queries_per_class, seed=cfg.split_seed)
     features = raw = np.asarray(features, dtype=np.float32)
+    scaling = {}
     if cfg.feature_scaling == "standardize":
         train = features[split.database]
-        mean, std = train.mean(0), train.std(0)
-        features = (features - mean) / np.where(std > 0, std, 1.0)
+        scaling = {"mean": train.mean(0), "std": np.where(train.std(0) > 0, train.std(0), 1.0)}
+        features = scale_features(features, scaling)
     return RetrievalData(features.astype(np.float32), np.asarray(labels, dtype=np.int64), split.query,
-                         split.database, source, checksums, list(names), list(classes), split, raw)
+                         split.database, source, checksums, list(names), list(classes), split, raw, scaling)
+
+
+def scale_features(features: np.ndarray, scaling: dict) -> np.ndarray:
+    """Apply a run's feature scaling (empty dict: none) to raw features."""
+    if not scaling:
+        return np.asarray(features, dtype=np.float32)
+    return ((features - scaling["mean"]) / scaling["std"]).astype(np.float32)
 
 
 def map_evaluator(data: RetrievalData, device="cpu"):

@@ -3,7 +3,8 @@ lock-step, and write the task's results into each run directory.
 
 For retrieval runs this adds ``split.json`` (the query / database indices used) and
 ``retrieval.json`` (mAP, precision@k, precision within Hamming radius 2 and precision-recall
-points of the final codes), and a ``map`` column in ``metrics.csv``.
+points of the final codes), ``feature_scaling.npz`` (the training features' mean and standard
+deviation, when standardized) and a ``map`` column in ``metrics.csv``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Sequence
+
+import numpy as np
 
 from .config import Config
 from .train import atomic_text, load_model, train_group
@@ -61,6 +64,8 @@ def run_group(configs: Sequence[Config], outs: Sequence[str | Path], data_root=N
             report = retrieval_report(model.hash(q)[0].numpy(), model.hash(db)[0].numpy(), rdata)
             atomic_text(out / "retrieval.json", json.dumps(report, indent=2))
             rdata.split.save(out / "split.json")
+            if rdata.scaling:  # what `encode` applies to new images' features
+                np.savez(out / "feature_scaling.npz", **rdata.scaling)
             summary["retrieval"] = {k: report[k] for k in ("map", "precision_at_k", "precision_radius2")}
             atomic_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
     return summaries
