@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from .config import Config
-from .train import atomic_text, load_model, train_group
+from .train import atomic_text, atomic_write, load_model, train_group
 
 
 def load_task_data(cfg: Config, data_root=None, progress: bool = True):
@@ -65,7 +65,11 @@ def run_group(configs: Sequence[Config], outs: Sequence[str | Path], data_root=N
             atomic_text(out / "retrieval.json", json.dumps(report, indent=2))
             rdata.split.save(out / "split.json")
             if rdata.scaling:  # what `encode` applies to new images' features
-                np.savez(out / "feature_scaling.npz", **rdata.scaling)
+                def save(path, scaling=rdata.scaling):
+                    with open(path, "wb") as fh:
+                        np.savez(fh, **scaling)
+
+                atomic_write(out / "feature_scaling.npz", save)
             summary["retrieval"] = {k: report[k] for k in ("map", "precision_at_k", "precision_radius2")}
             atomic_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
     return summaries
