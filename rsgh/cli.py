@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .config import PRESETS, config_help, make_config, parse_overrides
 
@@ -56,6 +57,21 @@ def cmd_summarize(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    from .reproduce import ROOT, run_plan
+
+    records = run_plan(args.plan, args.profile, args.out, only=args.only or (), redo=args.redo)
+    total = sum(r["seconds"] for r in records)
+    print(f"{len(records)} notebook(s), {total:.0f} s: " + ", ".join(f"{r['notebook']} {r['status']}" for r in records))
+    if args.build:
+        import subprocess
+
+        book = Path(args.out)
+        subprocess.run(["jupyter-book", "build", "-W", "-n", "--keep-going", str(book)], check=True)
+        print(f"book: {(book / '_build' / 'html' / 'index.html').resolve()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rsgh", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("runs", nargs="+", help="run directories")
     s.add_argument("--every", type=int, default=5, help="print the curves every N evaluations (0: none)")
     s.set_defaults(func=cmd_summarize)
+    r = sub.add_parser("reproduce", help="execute the book's notebooks with papermill (notebooks/plan.yml)")
+    r.add_argument("--profile", default="paper", help="parameter set of the plan: paper (default) or smoke")
+    r.add_argument("--plan", default=str(Path(__file__).resolve().parent.parent / "notebooks" / "plan.yml"))
+    r.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "book"),
+                   help="folder of the executed notebooks (the book)")
+    r.add_argument("--only", nargs="+", help="run only these notebooks of the plan")
+    r.add_argument("--redo", action="store_true", help="execute again even when already executed")
+    r.add_argument("--build", action="store_true", help="then build the book strictly (jupyter-book -W -n)")
+    r.set_defaults(func=cmd_reproduce)
     return parser
 
 
@@ -86,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, FileNotFoundError, RuntimeError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -126,3 +126,16 @@ def baselines_table(cfg: Config, bits: Sequence[int], seeds: Sequence[int] = (0,
                              **{f"p@{kk}": v for kk, v in rep["precision_at_k"].items()},
                              "seconds": time.perf_counter() - t0, "source": rdata.source})
     return pd.DataFrame(rows)
+
+
+def check_parameters(**params: tuple) -> None:
+    """Notebook parameters as ``name=(value, type)``: a clear error when papermill passed a value
+    of the wrong type (e.g. ``-p epochs ten``), instead of a failure deep inside training."""
+    for name, (value, kind) in params.items():
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise TypeError(f"notebook parameter {name}={value!r} should be of type {names}, "
+                            f"not {type(value).__name__}")

@@ -1,0 +1,88 @@
+"""Figures and tables that the book's notebooks show (matplotlib / seaborn / pandas).
+
+Kept apart from the method: nothing here changes a number, it only draws or tabulates what
+``rsgh.experiments`` returns.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+PALETTE = {"SGH": "#1f77b4", "R-SGH": "#d62728"}
+
+
+def curves_over_epochs(curves: pd.DataFrame, columns: Sequence[str], titles: Sequence[str],
+                       hue: str = "method", palette=None, start_epoch: float = 0.0):
+    """One panel per column: mean over seeds with a band of one standard deviation."""
+    fig, axes = plt.subplots(1, len(columns), figsize=(5.2 * len(columns), 3.6), squeeze=False)
+    data = curves[curves["epoch"] >= start_epoch]
+    for ax, col, title in zip(axes[0], columns, titles):
+        sns.lineplot(data=data, x="epoch", y=col, hue=hue, errorbar="sd", ax=ax,
+                     palette=palette or (PALETTE if hue == "method" else None))
+        ax.set_title(title)
+        ax.set_ylabel(col)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def kl_heatmaps(run_dirs: Sequence[str | Path], labels: Sequence[str], value: str = "kl"):
+    """Per-bit KL (or activity) over epochs, bits sorted by their final value, one panel per run."""
+    fig, axes = plt.subplots(1, len(run_dirs), figsize=(5.2 * len(run_dirs), 3.8), squeeze=False)
+    vmax = 0.0
+    tables = []
+    for d in run_dirs:
+        u = pd.read_csv(Path(d) / "units.csv")
+        t = u.pivot(index="bit", columns="epoch", values=value)
+        t = t.loc[t.iloc[:, -1].sort_values(ascending=False).index]
+        tables.append(t)
+        vmax = max(vmax, float(np.nanmax(t.values)))
+    for ax, t, label in zip(axes[0], tables, labels):
+        sns.heatmap(t.values, ax=ax, cmap="viridis", vmin=0, vmax=vmax, cbar_kws={"label": value})
+        ticks = np.linspace(0, t.shape[1] - 1, min(6, t.shape[1])).astype(int)
+        ax.set_xticks(ticks + 0.5, [f"{t.columns[i]:g}" for i in ticks], rotation=0)
+        ax.set_yticks([])
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{t.shape[0]} bits, sorted by final {value}")
+        ax.set_title(label)
+    fig.tight_layout()
+    return fig
+
+
+def pr_and_precision_at_k(run_dirs: Sequence[str | Path], labels: Sequence[str]):
+    """Precision-recall points by Hamming radius, and precision@k, of the final codes."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10.4, 3.8))
+    for d, label in zip(run_dirs, labels):
+        r = json.loads((Path(d) / "retrieval.json").read_text())
+        pr = pd.DataFrame(r["pr_curve"])
+        ax1.plot(pr["recall"], pr["precision"], marker=".", label=label)
+        ks = sorted(int(k) for k in r["precision_at_k"])
+        ax2.plot(ks, [r["precision_at_k"][str(k)] for k in ks], marker="o", label=label)
+    ax1.set(xlabel="recall", ylabel="precision", title="precision-recall (Hamming radius 0..K)")
+    ax2.set(xlabel="k", ylabel="precision@k", title="precision@k (exact under random tie order)")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def provenance(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
+    """Data source with checksum, code commit, package versions, device and wall time per run."""
+    rows = []
+    for d in map(Path, run_dirs):
+        s = json.loads((d / "summary.json").read_text())
+        v = s["versions"]
+        rows.append({"run": f"{d.parent.name}/{d.name}", "data": s["data_source"],
+                     "checksums (md5)": ", ".join(f"{k}: {str(c)[:12]}…" for k, c in s["data_checksums"].items()),
+                     "commit": s["git_commit"][:12], "torch": v["torch"], "python": v["python"],
+                     "device": f"{s['device']} ({s['threads']} thread, group of {s.get('group_size', 1)})",
+                     "epochs": round(s["epochs"], 2), "wall time (s)": round(s["wall_time_s"], 1)})
+    return pd.DataFrame(rows)

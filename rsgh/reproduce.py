@@ -1,0 +1,88 @@
+"""Run the book's notebooks with papermill, as listed in a plan file (``notebooks/plan.yml``).
+
+Each notebook has a parameter set per profile (``paper``: the patents' settings; ``smoke``: a
+few minutes in all, to check the machinery). Executed notebooks are written into ``book/``.
+A notebook whose executed copy already ran with the same parameters and without error is
+skipped unless ``redo``; trained models are reused from their run directories anyway, so a
+rerun only redraws. A failure stops the plan with the notebook's name; its partial output is
+kept for inspection.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+import nbformat
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_plan(path: str | Path) -> dict:
+    plan = yaml.safe_load(Path(path).read_text())
+    if not isinstance(plan, dict) or not isinstance(plan.get("notebooks"), dict):
+        raise ValueError(f"{path}: expected a mapping with a 'notebooks' section")
+    return plan
+
+
+def _finished_with(path: Path, parameters: dict) -> bool:
+    """Did the executed notebook at ``path`` run to the end with exactly these parameters?"""
+    if not path.exists():
+        return False
+    nb = nbformat.read(path, as_version=4)
+    pm = nb.metadata.get("papermill", {})
+    if pm.get("exception") or pm.get("parameters") != parameters:
+        return False
+    return not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
+
+
+def _hide_injected_parameters(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = tags + ["remove-cell"]
+    nbformat.write(nb, path)
+
+
+def run_plan(plan_path: str | Path, profile: str, out_dir: str | Path = ROOT / "book",
+             only: Sequence[str] = (), redo: bool = False, cwd: str | Path = ROOT,
+             extra_parameters: dict | None = None) -> list[dict]:
+    """Execute the plan's notebooks for ``profile``; returns one record per notebook."""
+    import papermill as pm
+
+    plan = load_plan(plan_path)
+    notebooks = plan["notebooks"]
+    unknown = set(only) - set(notebooks)
+    if unknown:
+        raise ValueError(f"unknown notebook(s) {', '.join(sorted(unknown))}; the plan has {', '.join(notebooks)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    selected = [n for n in notebooks if not only or n in only]
+    for i, name in enumerate(selected, 1):
+        entry = notebooks[name]
+        if profile not in entry:
+            raise ValueError(f"notebook {name} has no '{profile}' profile in {plan_path}")
+        parameters = dict(entry[profile] or {}, **(extra_parameters or {}))
+        source = Path(plan_path).parent / f"{name}.ipynb"
+        target = out_dir / f"{name}.ipynb"
+        if not redo and _finished_with(target, parameters):
+            print(f"[{i}/{len(selected)}] {name}: already executed with these parameters, skipped", flush=True)
+            records.append({"notebook": name, "status": "skipped", "seconds": 0.0})
+            continue
+        print(f"[{i}/{len(selected)}] {name}: running ({profile})", flush=True)
+        t0 = time.perf_counter()
+        try:
+            pm.execute_notebook(str(source), str(target), parameters=parameters, cwd=str(cwd),
+                                kernel_name="python3", progress_bar=True, log_output=False)
+        except pm.PapermillExecutionError as err:
+            raise RuntimeError(f"notebook {name} failed in cell {err.exec_count}: {err.ename}: {err.evalue} "
+                               f"(partial output kept in {target})") from None
+        _hide_injected_parameters(target)
+        seconds = time.perf_counter() - t0
+        print(f"[{i}/{len(selected)}] {name}: done in {seconds:.0f} s", flush=True)
+        records.append({"notebook": name, "status": "executed", "seconds": seconds})
+    return records
