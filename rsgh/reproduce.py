@@ -2,7 +2,8 @@
 
 Each notebook has a parameter set per profile (``paper``: the patents' settings; ``smoke``: a
 few minutes in all, to check the machinery). Executed notebooks are written into ``book/``.
-A notebook whose executed copy already ran with the same parameters and without error is
+An entry may name its source notebook (``notebook: NAME``), so one notebook can appear
+several times with different parameters. A notebook whose executed copy already ran with the same parameters and without error is
 skipped unless ``redo``; trained models are reused from their run directories anyway, so a
 rerun only redraws. A failure stops the plan with the notebook's name; its partial output is
 kept for inspection.
@@ -64,10 +65,10 @@ def run_plan(plan_path: str | Path, profile: str, out_dir: str | Path = ROOT / "
     selected = [n for n in notebooks if not only or n in only]
     for i, name in enumerate(selected, 1):
         entry = notebooks[name]
-        if profile not in entry:
+        if not isinstance(entry, dict) or profile not in entry:
             raise ValueError(f"notebook {name} has no '{profile}' profile in {plan_path}")
         parameters = dict(entry[profile] or {}, **(extra_parameters or {}))
-        source = Path(plan_path).parent / f"{name}.ipynb"
+        source = Path(plan_path).parent / f"{entry.get('notebook', name)}.ipynb"
         target = out_dir / f"{name}.ipynb"
         if not redo and _finished_with(target, parameters):
             print(f"[{i}/{len(selected)}] {name}: already executed with these parameters, skipped", flush=True)
