@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from .config import Config
-from .train import atomic_text, atomic_write, load_model, train_group
+from .train import atomic_text, atomic_write, finished_runs, load_model, train_group
 
 
 def load_task_data(cfg: Config, data_root=None, progress: bool = True):
@@ -39,6 +39,9 @@ def run_group(configs: Sequence[Config], outs: Sequence[str | Path], data_root=N
 
     ``prepared``: the result of :func:`load_task_data`, to share loaded data between groups.
     """
+    also = ("retrieval.json",) if configs[0].task == "retrieval" else ()
+    if resume and (done := finished_runs(configs, outs, also)) is not None:
+        return done
     train_data, rdata = prepared or load_task_data(configs[0], data_root, progress)
     for c in configs[1:]:
         if (c.task, c.dataset, c.features, c.feature_scaling, c.split_seed) != \

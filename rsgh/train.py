@@ -118,6 +118,22 @@ def _prepare_dir(out: Path, cfg: Config, resume: bool) -> None:
     atomic_text(out / "config.json", cfg.to_json())
 
 
+def finished_runs(configs: Sequence[Config], outs: Sequence[str | Path], also: Sequence[str] = ()) -> list[dict] | None:
+    """The summaries when every run directory holds a finished run of exactly its configuration
+    (and the files ``also``); None when some run is missing or unfinished. A finished run of
+    another configuration is an error: it is never overwritten."""
+    outs = [Path(o) for o in outs]
+    if not all((o / "summary.json").exists() and all((o / f).exists() for f in also) for o in outs):
+        return None
+    for c, o in zip(configs, outs):
+        saved = json.loads((o / "config.json").read_text())
+        diff = [k for k, v in c.to_dict().items() if saved.get(k) != v]
+        if diff:
+            raise ValueError(f"{o} holds a finished run of a different configuration ({', '.join(diff)} differ); "
+                             "choose another runs folder or remove it yourself")
+    return [json.loads((o / "summary.json").read_text()) for o in outs]
+
+
 CHECKPOINT, PREVIOUS = "checkpoint.pt", "checkpoint.prev.pt"
 
 
@@ -182,10 +198,10 @@ def train_group(configs: Sequence[Config], data: TrainData, outs: Sequence[str |
                          f"{data.eval_x.shape[1]}")
     if len(data.train_x) < cfg.batch_size:
         raise ValueError(f"batch_size={cfg.batch_size} is larger than the training set ({len(data.train_x)})")
+    if resume and (done := finished_runs(configs, outs)) is not None:
+        return done
     for c, out in zip(configs, outs):
         _prepare_dir(out, c, resume)
-    if resume and all((out / "summary.json").exists() for out in outs):  # finished: nothing to do
-        return [json.loads((out / "summary.json").read_text()) for out in outs]
 
     torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
