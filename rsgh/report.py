@@ -81,8 +81,8 @@ def provenance(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
         s = json.loads((d / "summary.json").read_text())
         v = s["versions"]
         rows.append({"run": f"{d.parent.name}/{d.name}", "data": s["data_source"],
-                     "checksums (md5)": ", ".join(f"{k}: {str(c)[:12]}…" for k, c in s["data_checksums"].items()),
-                     "commit": s["git_commit"][:12], "torch": v["torch"], "python": v["python"],
-                     "device": f"{s['device']} ({s['threads']} thread, group of {s.get('group_size', 1)})",
-                     "epochs": round(s["epochs"], 2), "wall time (s)": round(s["wall_time_s"], 1)})
-    return pd.DataFrame(rows)
+                     "md5 of the data": " ".join(str(c)[:8] for c in s["data_checksums"].values()),
+                     "commit": s["git_commit"][:10], "versions": f"torch {v['torch']}, python {v['python']}",
+                     "device": f"{s['device']}, {s['threads']} thread, group of {s.get('group_size', 1)}",
+                     "epochs": round(s["epochs"], 2), "wall (s)": round(s["wall_time_s"])})
+    return pd.DataFrame(rows).set_index("run")
