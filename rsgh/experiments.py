@@ -139,3 +139,10 @@ def check_parameters(**params: tuple) -> None:
             names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
             raise TypeError(f"notebook parameter {name}={value!r} should be of type {names}, "
                             f"not {type(value).__name__}")
+
+
+def show_parameters(**params) -> None:
+    """A visible line on a book page with the parameters its notebook was executed with."""
+    from IPython.display import Markdown, display
+
+    display(Markdown("*Executed with* " + ", ".join(f"`{k} = {v!r}`" for k, v in params.items())))
