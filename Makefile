@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine:
-#   make reproduce   create .venv, train embodiment 1 (SGH and R-SGH) and the SGH reference run
+#   make reproduce   create .venv, execute every notebook of the book (papermill, the patents'
+#                    settings; trained models are reused from runs/), build the book, print its path
 #   make test        create .venv if needed, run the test suite
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +10,8 @@ RSGH_DATA ?= $(if $(wildcard ../shared/data/MNIST),$(abspath ../shared/data),$(a
 export RSGH_DATA
 RUNS ?= runs
 
-.PHONY: venv reproduce test e1 reference clean-venv
+PROFILE ?= paper
+.PHONY: venv reproduce book test e1 reference clean-venv
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -25,8 +27,13 @@ e1: venv
 reference: venv
 	$(PY) -m rsgh train --config sgh-reference --out $(RUNS)/sgh-reference --resume
 
-reproduce: e1 reference
-	$(PY) -m rsgh summarize $(RUNS)/e1-sgh $(RUNS)/e1-rsgh $(RUNS)/sgh-reference
+reproduce: venv
+	$(PY) -m rsgh reproduce --profile $(PROFILE)
+	$(MAKE) book
+
+book: venv
+	$(VENV)/bin/jupyter-book build -W -n --keep-going book
+	@echo "The book: $(abspath book/_build/html/index.html)"
 
 test: venv
 	$(PY) -m pytest
