@@ -283,7 +283,8 @@ def train_group(configs: Sequence[Config], data: TrainData, outs: Sequence[str |
         return loss.parts, loss.redundancy
 
     if cfg.compile_step:
-        forward_backward = torch.compile(forward_backward)
+        # on CUDA, "reduce-overhead" also captures the step as a CUDA graph
+        forward_backward = torch.compile(forward_backward, mode="reduce-overhead" if device.type == "cuda" else None)
 
     while shared["iteration"] < total:
         it = shared["iteration"]
