@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--redo", action="store_true", help="execute again even when already executed")
     r.add_argument("--build", action="store_true", help="then build the book strictly (jupyter-book -W -n)")
     r.set_defaults(func=cmd_reproduce)
+    from .search import add_subcommands
+
+    add_subcommands(sub)  # encode, search, evaluate
     return parser
 
 
