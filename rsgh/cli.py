@@ -58,7 +58,7 @@ def cmd_summarize(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from .reproduce import ROOT, run_plan
+    from .reproduce import run_plan
 
     records = run_plan(args.plan, args.profile, args.out, only=args.only or (), redo=args.redo)
     total = sum(r["seconds"] for r in records)

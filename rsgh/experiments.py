@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 
 from .config import Config, make_config

@@ -8,11 +8,11 @@ notebook or run recomputes them. The cache file is written atomically.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 
+from .files import atomic_write_file
 from .paths import cache_dir
 
 
@@ -28,12 +28,7 @@ def cached(name: str, key_parts: tuple[str, ...], compute, folder: Path | None =
     if path.exists():
         return np.load(path)
     array = np.ascontiguousarray(compute())
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, array)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_file(path, lambda fh: np.save(fh, array))
     return array
 
 

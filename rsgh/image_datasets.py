@@ -28,16 +28,16 @@ import os
 import pickle
 import re
 import tarfile
-import tempfile
 import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .files import atomic_write_file
 from .paths import cache_dir, data_root
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
@@ -99,25 +99,7 @@ class ImageSet:
 
 
 # ----------------------------------------------------------------------------------------------
-# Files: atomic writes, the md5 memo
-
-
-def _atomic_write(path: Path, write: Callable) -> None:
-    """``write(binary file)`` into a temp file beside ``path``, then ``os.replace`` it there."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            with contextlib.suppress(OSError, AttributeError):
-                os.fchmod(fh.fileno(), 0o644)  # mkstemp makes it private; the result is an ordinary file
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+# Files: the md5 memo
 
 
 def _cache_folder() -> Path | None:
@@ -153,7 +135,7 @@ def file_md5(path: str | os.PathLike, memo: bool = True) -> str:
         known = _read_json_dict(memo_path)  # again: another process may have added entries
         known[key] = md5
         with contextlib.suppress(OSError):
-            _atomic_write(memo_path, lambda fh: fh.write(json.dumps(known, indent=0).encode()))
+            atomic_write_file(memo_path, lambda fh: fh.write(json.dumps(known, indent=0).encode()))
     return md5
 
 
@@ -498,7 +480,7 @@ def _load_cifar10_archive(path: Path, kind: str, verify: bool, use_cache: bool,
             images, labels, names, class_names = _read_cifar_jpeg(path, reader, limit_per_class)
     if cache_file is not None:
         try:
-            _atomic_write(cache_file, lambda fh: np.savez(
+            atomic_write_file(cache_file, lambda fh: np.savez(
                 fh, images=images, labels=labels, names=np.asarray(names, dtype=str),
                 class_names=np.asarray(class_names, dtype=str)))
         except OSError as err:
@@ -802,7 +784,7 @@ class Split:
         doc = {"format": self.format, "n": int(self.n), "seed": int(self.seed),
                "per_class": self.per_class, "n_queries": self.n_queries, "labels_md5": self.labels_md5,
                "query": [int(i) for i in self.query], "database": [int(i) for i in self.database]}
-        _atomic_write(Path(path), lambda fh: fh.write(json.dumps(doc, separators=(",", ":")).encode()))
+        atomic_write_file(Path(path), lambda fh: fh.write(json.dumps(doc, separators=(",", ":")).encode()))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Split":

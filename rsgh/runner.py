@@ -16,7 +16,8 @@ from typing import Sequence
 import numpy as np
 
 from .config import Config
-from .train import atomic_text, atomic_write, finished_runs, load_model, train_group
+from .files import atomic_text, atomic_write_file
+from .train import finished_runs, load_model, train_group
 
 
 def load_task_data(cfg: Config, data_root=None, progress: bool = True):
@@ -68,11 +69,7 @@ def run_group(configs: Sequence[Config], outs: Sequence[str | Path], data_root=N
             atomic_text(out / "retrieval.json", json.dumps(report, indent=2))
             rdata.split.save(out / "split.json")
             if rdata.scaling:  # what `encode` applies to new images' features
-                def save(path, scaling=rdata.scaling):
-                    with open(path, "wb") as fh:
-                        np.savez(fh, **scaling)
-
-                atomic_write(out / "feature_scaling.npz", save)
+                atomic_write_file(out / "feature_scaling.npz", lambda fh: np.savez(fh, **rdata.scaling))
             summary["retrieval"] = {k: report[k] for k in ("map", "precision_at_k", "precision_radius2")}
             atomic_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
     return summaries

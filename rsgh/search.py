@@ -48,6 +48,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from .files import atomic_write
+
 FORMAT = "rsgh-hash-index-v1"
 MANIFEST = "manifest.json"
 MODEL_COPY, SCALING_COPY = "model.pt", "feature_scaling.npz"
@@ -72,9 +74,8 @@ def _sha256(path: Path) -> str:
 
 
 def _write_atomic(path: Path, write) -> None:
-    """``write(tmp_path)``, then fsync and rename over ``path`` (rsgh.train.atomic_write)."""
-    from .train import atomic_write
-
+    """``write(tmp_path)``, then fsync and rename over ``path`` (a seam the tests use to simulate
+    failures between the steps of an index write)."""
     atomic_write(path, write)
 
 

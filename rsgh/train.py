@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .config import Config
+from .files import atomic_text, atomic_write
 from .measures import evaluate
 from .model import HashModel
 from .objective import PARTS, GroupSpec, adversary_step, check_group, compute_loss
@@ -55,19 +56,6 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' but no CUDA device is available; use device=auto or cpu")
     return torch.device(name)
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda p: p.write_text(text))
 
 
 def git_commit() -> str:
@@ -103,14 +91,19 @@ def _check_array(x: np.ndarray, what: str) -> None:
         raise ValueError(f"{what}: {int((~np.isfinite(x)).any(1).sum())} rows contain NaN or infinite values")
 
 
+def _config_diff(out: Path, cfg: Config) -> dict:
+    """{field: (saved, now)} where ``cfg`` differs from ``out/config.json``."""
+    saved = json.loads((out / "config.json").read_text())
+    return {k: (saved.get(k), v) for k, v in cfg.to_dict().items() if saved.get(k) != v}
+
+
 def _prepare_dir(out: Path, cfg: Config, resume: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not resume:
             raise RunExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         if not (out / "config.json").exists():
             raise RunExistsError(f"{out} is not empty but holds no config.json; choose another --out")
-        saved = json.loads((out / "config.json").read_text())
-        diff = {k: (saved.get(k), v) for k, v in cfg.to_dict().items() if saved.get(k) != v}
+        diff = _config_diff(out, cfg)
         if diff:
             raise ValueError(f"--resume with a different configuration than {out}/config.json: "
                              + ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items()))
@@ -126,8 +119,7 @@ def finished_runs(configs: Sequence[Config], outs: Sequence[str | Path], also: S
     if not all((o / "summary.json").exists() and all((o / f).exists() for f in also) for o in outs):
         return None
     for c, o in zip(configs, outs):
-        saved = json.loads((o / "config.json").read_text())
-        diff = [k for k, v in c.to_dict().items() if saved.get(k) != v]
+        diff = _config_diff(o, c)
         if diff:
             raise ValueError(f"{o} holds a finished run of a different configuration ({', '.join(diff)} differ); "
                              "choose another runs folder or remove it yourself")
