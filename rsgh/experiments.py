@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from .config import Config, make_config
@@ -69,14 +70,38 @@ def read_runs(dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.concat(curves, ignore_index=True), pd.DataFrame(finals)
 
 
-def mean_and_spread(finals: pd.DataFrame, by: Sequence[str], columns: Sequence[str]) -> pd.DataFrame:
-    """``mean ± std (n)`` over seeds, one row per group of ``by``."""
+def mean_and_spread(finals: pd.DataFrame, by: Sequence[str], columns: Sequence[str],
+                    compact: bool = False) -> pd.DataFrame:
+    """``mean ± std (n)`` over seeds, one row per group of ``by``.
+
+    ``compact``: each cell rounded so that its standard deviation keeps two significant digits
+    (at most 4 decimals), and the number of seeds in a column ``seeds`` instead of every cell.
+    """
     def fmt(s):
         s = s.dropna()
         if len(s) == 0:
             return "n/a"
-        return f"{s.mean():.4f} ± {s.std(ddof=1):.4f} (n={len(s)})" if len(s) > 1 else f"{s.iloc[0]:.4f} (n=1)"
-    return finals.groupby(list(by))[list(columns)].agg(fmt)
+        mean, sd = s.mean(), s.std(ddof=1)
+        tail = "" if compact else f" (n={len(s)})"
+        if not compact:
+            return f"{mean:.4f} ± {sd:.4f}{tail}" if len(s) > 1 else f"{mean:.4f}{tail}"
+        d = _decimals(sd if len(s) > 1 else float("nan"), mean)
+        return f"{mean:.{d}f} ± {sd:.{d}f}" if len(s) > 1 else f"{mean:.{d}f}"
+    groups = finals.groupby(list(by))
+    table = groups[list(columns)].agg(fmt)
+    if compact:
+        table["seeds"] = groups.size()
+    return table
+
+
+def _decimals(sd: float, mean: float) -> int:
+    """Decimals that show two significant digits of ``sd``, or three of ``mean`` when sd is 0 or unknown."""
+    spread = np.isfinite(sd) and sd > 0
+    ref = sd if spread else abs(mean)
+    if not np.isfinite(ref) or ref == 0:
+        return 1
+    exponent = int(f"{ref:.1e}".split("e")[1])  # after rounding to two digits: 0.00999 -> 1.0e-02
+    return min(4, max(0, 1 - exponent + (0 if spread else 1)))
 
 
 def e1_configs(seeds: Sequence[int], epochs: int, **overrides) -> list[tuple[str, Config]]:

@@ -19,8 +19,10 @@ PALETTE = {"SGH": "#1f77b4", "R-SGH": "#d62728"}
 
 
 def curves_over_epochs(curves: pd.DataFrame, columns: Sequence[str], titles: Sequence[str],
-                       hue: str = "method", palette=None, start_epoch: float = 0.0):
-    """One panel per column: mean over seeds with a band of one standard deviation."""
+                       hue: str = "method", palette=None, start_epoch: float = 0.0, shared_legend: bool = False):
+    """One panel per column: mean over seeds with a band of one standard deviation.
+
+    ``shared_legend``: one legend below the panels instead of one in each (for many lines)."""
     fig, axes = plt.subplots(1, len(columns), figsize=(5.2 * len(columns), 3.6), squeeze=False)
     data = curves[curves["epoch"] >= start_epoch]
     for ax, col, title in zip(axes[0], columns, titles):
@@ -29,7 +31,14 @@ def curves_over_epochs(curves: pd.DataFrame, columns: Sequence[str], titles: Seq
         ax.set_title(title)
         ax.set_ylabel(col)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    if shared_legend:
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        for ax in axes[0]:
+            ax.get_legend().remove()
+        fig.tight_layout(rect=(0, 0.12, 1, 1))
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False, title=hue)
+    else:
+        fig.tight_layout()
     return fig
 
 

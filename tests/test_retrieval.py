@@ -95,3 +95,19 @@ def test_real_mnist_retrieval_split(mnist_root):
     assert len(rdata.query) == 1000 and len(rdata.database) == 69000
     assert np.bincount(rdata.labels[rdata.query]).tolist() == [100] * 10
     assert rdata.features.shape == (70000, 784) and rdata.features.max() == 1.0
+
+
+def test_mean_and_spread_compact_rounds_to_the_spread():
+    finals = pd.DataFrame({"method": ["A"] * 3 + ["B"] * 3 + ["C"],
+                           "map": [0.40, 0.42, 0.41, 0.123456, 0.123456, 0.123456, 0.5],
+                           "active": [54, 58, 55, 64, 64, 64, 3]})
+    full = ex.mean_and_spread(finals, ["method"], ["map", "active"])
+    assert full.loc["A", "map"] == "0.4100 ± 0.0100 (n=3)"
+    table = ex.mean_and_spread(finals, ["method"], ["map", "active"], compact=True)
+    # sd 0.01 -> three decimals; sd 2.08 -> one; no spread -> three significant digits of the mean
+    assert table.loc["A", "map"] == "0.410 ± 0.010"
+    assert table.loc["A", "active"] == "55.7 ± 2.1"
+    assert table.loc["B", "map"] == "0.123 ± 0.000"
+    assert table.loc["B", "active"] == "64.0 ± 0.0"
+    assert table.loc["C", "map"] == "0.500"
+    assert table["seeds"].tolist() == [3, 3, 1]
