@@ -9,6 +9,7 @@ call stops with the difference (see ``train._prepare_dir``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -128,13 +129,30 @@ def ablation_configs(base: str, seeds: Sequence[int], epochs: int, **overrides) 
 
 
 def baselines_table(cfg: Config, bits: Sequence[int], seeds: Sequence[int] = (0,), data_root=None,
-                    prepared=None, names: Sequence[str] = ("LSH", "PCAH", "ITQ", "SH")) -> pd.DataFrame:
+                    prepared=None, names: Sequence[str] = ("LSH", "PCAH", "ITQ", "SH"),
+                    cache: bool = True) -> pd.DataFrame:
     """The classic baselines on the same features and split as a retrieval configuration (on the
-    features before ``feature_scaling``, as in the published calibration)."""
+    features before ``feature_scaling``, as in the published calibration).
+
+    With ``cache`` the table is saved under ``cache_dir()/baselines``, keyed by the features,
+    labels, split, code lengths, seeds, methods and the source of the code that computes it; the
+    ``seconds`` column then tells how long each fit took when it was computed."""
+    from . import baselines, metrics, retrieval
     from .baselines import fit_baseline
+    from .features import array_digest, code_digest
+    from .files import atomic_text
+    from .paths import cache_dir
     from .retrieval import retrieval_report
 
     _, rdata = prepared or load_task_data(cfg, data_root)
+    path = None
+    if cache:
+        key = "|".join([array_digest(rdata.raw_features, rdata.labels, rdata.query, rdata.database),
+                        repr(list(bits)), repr(list(seeds)), repr(list(names)),
+                        code_digest(baselines, metrics, retrieval)])
+        path = cache_dir() / "baselines" / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.csv"
+        if path.exists():
+            return pd.read_csv(path)
     rows = []
     db, q = rdata.raw_features[rdata.database], rdata.raw_features[rdata.query]
     for name in names:
@@ -148,7 +166,11 @@ def baselines_table(cfg: Config, bits: Sequence[int], seeds: Sequence[int] = (0,
                              "precision_radius2": rep["precision_radius2"],
                              **{f"p@{kk}": v for kk, v in rep["precision_at_k"].items()},
                              "seconds": time.perf_counter() - t0, "source": rdata.source})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_text(path, table.to_csv(index=False))
+    return table
 
 
 def check_parameters(**params: tuple) -> None:

@@ -1,8 +1,9 @@
 """Features for the retrieval embodiments, cached on disk.
 
 GIST-512 descriptors of a labelled image collection are computed once and stored under
-``cache_dir()/features/``, keyed by the collection's checksum and the GIST parameters, so no
-notebook or run recomputes them. The cache file is written atomically.
+``cache_dir()/features/``, keyed by the collection's checksum, the GIST parameters and the source of
+``gist.py``, so no notebook or run recomputes them and a change of the code is never masked
+by a stale file. The cache file is written atomically.
 """
 
 from __future__ import annotations
@@ -18,6 +19,25 @@ from .paths import cache_dir
 
 def _key(*parts: str) -> str:
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+
+def code_digest(*modules) -> str:
+    """sha1 of the source files of ``modules``: part of a cache key, so that results computed by
+    an earlier version of the code are never reused after it changes."""
+    h = hashlib.sha1()
+    for m in modules:
+        h.update(Path(m.__file__).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def array_digest(*arrays: np.ndarray) -> str:
+    """sha1 of the arrays' shapes, dtypes and bytes."""
+    h = hashlib.sha1()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.shape}{a.dtype}".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()[:16]
 
 
 def cached(name: str, key_parts: tuple[str, ...], compute, folder: Path | None = None) -> np.ndarray:
@@ -36,6 +56,7 @@ def gist_features(images, checksum: str, image_size: tuple[int, int] | None = No
                   progress: bool = True) -> np.ndarray:
     """GIST-512 (float32, (N, 512)) of ``images`` (uint8 (N, H, W[, 3]) or a list of such
     arrays of mixed sizes when ``image_size`` is given), cached by ``checksum`` and parameters."""
+    from . import gist as gist_module
     from .gist import GistParams, gist
 
     params = GistParams()
@@ -52,4 +73,4 @@ def gist_features(images, checksum: str, image_size: tuple[int, int] | None = No
             return gist(resized, progress=progress)
         return gist(images, image_size=image_size, progress=progress)
 
-    return cached("gist", (checksum, params.key(), size_key, str(len(images))), compute)
+    return cached("gist", (checksum, params.key(), size_key, str(len(images)), code_digest(gist_module)), compute)

@@ -146,3 +146,19 @@ def test_params_key():
     assert GistParams().n_features == 512
     with pytest.raises(AttributeError):
         GistParams().number_blocks = 3
+
+
+def test_feature_cache_is_keyed_on_the_code(tmp_path, monkeypatch):
+    """Features computed by another version of gist.py are not reused."""
+    from rsgh import features
+
+    monkeypatch.setenv("RSGH_CACHE", str(tmp_path))
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32), dtype=np.uint8)
+    first = features.gist_features(images, "abc", progress=False)
+    np.testing.assert_allclose(first, gist(images, progress=False))
+    assert len(list((tmp_path / "features").glob("*.npy"))) == 1
+    features.gist_features(images, "abc", progress=False)
+    assert len(list((tmp_path / "features").glob("*.npy"))) == 1  # read back, not recomputed
+    monkeypatch.setattr(features, "code_digest", lambda *m: "another-version")
+    features.gist_features(images, "abc", progress=False)
+    assert len(list((tmp_path / "features").glob("*.npy"))) == 2

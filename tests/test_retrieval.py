@@ -60,7 +60,8 @@ def test_retrieval_run_directory(tmp_path, folder):
     assert report["source"].startswith("image folder")
 
 
-def test_experiment_helpers(tmp_path, folder):
+def test_experiment_helpers(tmp_path, folder, monkeypatch):
+    monkeypatch.setenv("RSGH_CACHE", str(tmp_path / "cache"))
     variants = ex.ablation_configs("e2-rsgh", [0], 2, task="retrieval", dataset="folder", folder=str(folder),
                                    features="pixels", hidden_layers=1, bits=8, batch_size=16,
                                    queries_per_class=5, device="cpu")
@@ -79,6 +80,20 @@ def test_experiment_helpers(tmp_path, folder):
     base = ex.baselines_table(variants[0][1], [8], [0, 1])
     assert set(base["method"]) == {"LSH", "PCAH", "ITQ", "SH"}
     assert (base["map"] > 0.3).all()
+    assert len(list((tmp_path / "cache" / "baselines").glob("*.csv"))) == 1
+    # computed afresh, the table is the cached one
+    fresh = ex.baselines_table(variants[0][1], [8], [0, 1], cache=False)
+    pd.testing.assert_frame_equal(fresh.drop(columns="seconds"), base.drop(columns="seconds"))
+    # a second call reads the cache instead of fitting again; other seeds are another entry
+    import rsgh.baselines
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("fitted again instead of reading the cache")
+
+    monkeypatch.setattr(rsgh.baselines, "fit_baseline", no_fit)
+    pd.testing.assert_frame_equal(ex.baselines_table(variants[0][1], [8], [0, 1]), base)
+    with pytest.raises(AssertionError, match="fitted again"):
+        ex.baselines_table(variants[0][1], [8], [0, 2])
 
 
 def test_notebook_parameter_types():
