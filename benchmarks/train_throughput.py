@@ -7,7 +7,10 @@ way it would be written without grouping. Then rsgh's lock-step groups of 1, 2, 
 
     python benchmarks/train_throughput.py [--seconds 3] [--device cpu]
 
-Ends with ``group12_vs_single=<ratio>``: model-steps/s of the group of 12 over the eager model.
+Then the same groups with ``compile_step=True`` (the whole step as one ``torch.compile`` graph).
+
+Ends with ``group12_vs_single=<ratio>``: model-steps/s of the (uncompiled) group of 12 over the
+eager model.
 """
 
 import argparse
@@ -19,7 +22,8 @@ from torch import nn
 from rsgh.config import make_config
 from rsgh.model import HashModel
 from rsgh.neuron import binary_sample
-from rsgh.objective import GroupSpec, adversary_step, bernoulli_kl, compute_loss
+from rsgh.objective import GroupSpec, bernoulli_kl
+from rsgh.train import make_step
 
 D, K, M, B = 512, 64, 4, 32
 
@@ -52,22 +56,18 @@ def eager_single(x_all, seconds, device):
     return _rate(step, seconds, device)
 
 
-def group(x_all, size, seconds, device):
+def group(x_all, size, seconds, device, compiled=False):
+    """rsgh's training step (``rsgh.train.make_step``) for a group of ``size`` models."""
     cfgs = [make_config(None, dict(method="rsgh" if g % 2 else "sgh", hidden_layers=M, bits=K, seed=g))
             for g in range(size)]
     spec = GroupSpec.from_configs(cfgs, device)
     model = HashModel(D, K, M, seeds=[c.seed for c in cfgs]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     lam = torch.zeros(size, K, device=device)
+    train_step = make_step(model, opt, spec, lam, compiled)
 
     def step():
-        x = x_all[torch.randint(len(x_all), (B,), device=device)]
-        xi = torch.rand(size, B, K, device=device)
-        loss = compute_loss(model, x, xi, spec, lam)
-        opt.zero_grad(set_to_none=True)
-        loss.total.backward()
-        opt.step()
-        adversary_step(lam, loss.redundancy, spec)
+        train_step(x_all[torch.randint(len(x_all), (B,), device=device)], torch.rand(size, B, K, device=device))
 
     return size * _rate(step, seconds, device)
 
@@ -91,6 +91,8 @@ def main():
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--sizes", default="1,2,6,12,24")
+    p.add_argument("--compiled-sizes", default="2,12",
+                   help="groups also timed with compile_step=True (each compiles first: 15-60 s); '' for none")
     args = p.parse_args()
     torch.set_num_threads(1)
     device = torch.device(args.device)
@@ -102,6 +104,14 @@ def main():
     for size in map(int, args.sizes.split(",")):
         results[size] = group(x_all, size, args.seconds, device)
         print(f"group of {size:2d}: {results[size]:8.0f} model-steps/s  ({results[size] / base:5.2f}x eager)")
+    compiled = {}
+    for size in (int(v) for v in args.compiled_sizes.split(",") if v):
+        compiled[size] = group(x_all, size, args.seconds, device, compiled=True)
+        print(f"group of {size:2d}, compiled step: {compiled[size]:8.0f} model-steps/s  "
+              f"({compiled[size] / base:5.2f}x eager, {compiled[size] / results.get(size, float('nan')):4.2f}x "
+              "the same group uncompiled)")
+    if 12 in compiled:
+        print(f"compiled_group12_vs_single={compiled[12] / base:.2f}")
     if 12 in results:
         print(f"group12_vs_single={results[12] / base:.2f}")
 

@@ -82,9 +82,10 @@ class Config:
     seed: int = _f(0, "seed of the model's initialisation and of its noise xi")
     data_seed: int = _f(0, "seed of the batch order (one stream for a group of models trained together)")
     threads: int = _f(1, "torch CPU threads (one is fastest for these small networks)")
-    compile_step: bool = _f(False, "torch.compile the forward and backward pass: about 1.9x the steps/s of a group "
-                            "of 12 on one CPU thread, after a compile of a minute or more; results agree with the "
-                            "eager step to floating-point tolerance, not bit for bit")
+    compile_step: bool = _f(False, "torch.compile the whole training step (gradient, Adam and adversary in one "
+                            "graph): about 2x the steps/s of a group on one CPU thread, after a compile of "
+                            "15-60 s; results agree with the eager step to floating-point tolerance, not bit "
+                            "for bit")
     device: str = _f("auto", "'auto' (CUDA when available), 'cpu' or 'cuda'", ("auto", "cpu", "cuda"))
 
     def validate(self) -> "Config":

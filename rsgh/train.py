@@ -269,14 +269,7 @@ def train_group(configs: Sequence[Config], data: TrainData, outs: Sequence[str |
     count, t0 = 0, time.perf_counter()
     half = torch.full((G, cfg.batch_size, cfg.bits), 0.5, device=device)
 
-    def forward_backward(x, xi):
-        loss = compute_loss(model, x, xi, spec, lam)
-        loss.total.backward()
-        return loss.parts, loss.redundancy
-
-    if cfg.compile_step:
-        # on CUDA, "reduce-overhead" also captures the step as a CUDA graph
-        forward_backward = torch.compile(forward_backward, mode="reduce-overhead" if device.type == "cuda" else None)
+    step = make_step(model, opt, spec, lam, cfg.compile_step)
 
     while shared["iteration"] < total:
         it = shared["iteration"]
@@ -293,11 +286,7 @@ def train_group(configs: Sequence[Config], data: TrainData, outs: Sequence[str |
                               for g_ in noise_gens])
         else:
             xi = half
-        opt.zero_grad(set_to_none=True)
-        parts, redundancy = forward_backward(x, xi)
-        opt.step()
-        adversary_step(lam, redundancy, spec)
-        sums += parts
+        sums += step(x, xi)
         count += 1
         shared["iteration"] = it + 1
         bar.update(1)
@@ -331,6 +320,106 @@ def train_group(configs: Sequence[Config], data: TrainData, outs: Sequence[str |
         (out / PREVIOUS).unlink(missing_ok=True)
         summaries.append(summary)
     return summaries
+
+
+class _LossOf(torch.nn.Module):
+    """The group's loss as a module, so that ``torch.func.functional_call`` can swap its parameters."""
+
+    def __init__(self, model: HashModel, spec: GroupSpec):
+        super().__init__()
+        self.model, self.spec = model, spec
+
+    def forward(self, x, xi, lam):
+        loss = compute_loss(self.model, x, xi, self.spec, lam)
+        return loss.total, (loss.parts, loss.redundancy)
+
+
+def make_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec, lam: torch.Tensor,
+              compiled: bool = False) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The training step ``step(x, xi) -> parts``: one update of every model of the group and of
+    its adversary; ``parts`` are the batch's loss terms (G, len(PARTS)), detached."""
+    if compiled:
+        return _compiled_step(model, opt, spec, lam)
+
+    def step(x, xi):
+        opt.zero_grad(set_to_none=True)
+        loss = compute_loss(model, x, xi, spec, lam)
+        loss.total.backward()
+        opt.step()
+        adversary_step(lam, loss.redundancy, spec)
+        return loss.parts
+
+    return step
+
+
+def _compiled_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec, lam: torch.Tensor):
+    """The whole training step (forward, gradient, Adam, adversary) as one ``torch.compile`` graph.
+
+    On a CPU most of a step of these small networks is per-operation overhead; one graph with
+    the gradient taken by ``torch.func.grad`` and Adam's update written out lets inductor fuse
+    the elementwise work into a few C++ loops (measured: about 1.5x the steps/s of compiling the
+    forward and backward pass alone and calling the fused Adam). The update is
+    ``torch.optim.Adam``'s, on its own state tensors, so checkpoints and resume are unchanged.
+    On CUDA the forward and backward pass is compiled with ``mode="reduce-overhead"`` (CUDA
+    graphs) and the fused Adam is kept.
+    """
+    if next(model.parameters()).device.type == "cuda":
+        def forward_backward(x, xi):
+            loss = compute_loss(model, x, xi, spec, lam)
+            loss.total.backward()
+            return loss.parts, loss.redundancy
+
+        forward_backward = torch.compile(forward_backward, mode="reduce-overhead")
+
+        def cuda_step(x, xi):
+            opt.zero_grad(set_to_none=True)
+            parts, redundancy = forward_backward(x, xi)
+            opt.step()
+            adversary_step(lam, redundancy, spec)
+            return parts
+
+        return cuda_step
+
+    group = opt.param_groups[0]
+    if group["weight_decay"] or group["amsgrad"] or group["maximize"] or len(opt.param_groups) > 1:
+        raise ValueError("the compiled step implements plain Adam only")
+    lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+    loss_of = _LossOf(model, spec)
+    names = [f"model.params.{n}" for n in model.params]
+    params = list(model.params.values())
+    for p in params:  # Adam's state, created as torch.optim.Adam creates it (unless resumed)
+        if not opt.state[p]:
+            opt.state[p].update(step=torch.zeros((), dtype=torch.float32, device=p.device),
+                                exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+    states = [opt.state[p] for p in params]
+    weights = [p.detach() for p in params]  # share storage: updated in place
+    exp_avg, exp_avg_sq = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+    steps = [s["step"] for s in states]
+    adv_rate = (spec.rsgh * spec.adversary_lr)[:, :, 0]
+
+    def loss_fn(ws, x, xi):
+        return torch.func.functional_call(loss_of, dict(zip(names, ws)), (x, xi, lam))
+
+    def whole_step(ws, ms, vs, x, xi, step_size, bias_correction2_sqrt):
+        grads, (parts, redundancy) = torch.func.grad(loss_fn, has_aux=True)(ws, x, xi)
+        for w, g, m, v in zip(ws, grads, ms, vs):
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            w.sub_(step_size * m / (v.sqrt() / bias_correction2_sqrt + eps))
+        if redundancy is not None:
+            lam.add_(adv_rate * redundancy).clamp_(min=0.0)
+        return parts
+
+    compiled = torch.compile(whole_step, fullgraph=True, options={"cpp_wrapper": True})
+
+    def cpu_step(x, xi):
+        torch._foreach_add_(steps, 1.0)
+        t = steps[0]
+        step_size = lr / (1 - beta1 ** t)  # computed here: inside the graph inductor repeats it per element
+        bias_correction2_sqrt = (1 - beta2 ** t).sqrt()
+        return compiled(weights, exp_avg, exp_avg_sq, x, xi, step_size, bias_correction2_sqrt)
+
+    return cpu_step
 
 
 def train(cfg: Config, data: TrainData, out: str | Path, resume: bool = False,

@@ -75,14 +75,28 @@ def test_incompatible_models_are_refused(tmp_path, blobs):
         train_group([a, a], TrainData(*blobs), [tmp_path / "a", tmp_path / "a"], progress=False)
 
 
-def test_compiled_step_agrees_with_eager(tmp_path, blobs):
-    base = cfgs()[:2]
-    compiled = [make_config(None, dict(c.to_dict(), compile_step=True, epochs=1)) for c in base]
-    eager = [make_config(None, dict(c.to_dict(), epochs=1)) for c in base]
-    a = [tmp_path / "e0", tmp_path / "e1"]
-    b = [tmp_path / "c0", tmp_path / "c1"]
+def test_compiled_step_agrees_with_eager_and_resumes(tmp_path, blobs):
+    """The compiled whole step (gradient, Adam, adversary in one graph) against the eager step,
+    for SGH and two R-SGH readings; and a compiled run interrupted and resumed."""
+    base = cfgs()[:3]
+    compiled = [make_config(None, dict(c.to_dict(), compile_step=True, epochs=2)) for c in base]
+    eager = [make_config(None, dict(c.to_dict(), epochs=2)) for c in base]
+    a = [tmp_path / f"e{g}" for g in range(3)]
+    b = [tmp_path / f"c{g}" for g in range(3)]
+    cut = [tmp_path / f"cut{g}" for g in range(3)]
     train_group(eager, TrainData(*blobs), a, progress=False)
     train_group(compiled, TrainData(*blobs), b, progress=False)
-    for x, y in zip(a, b):
+
+    def stop(g, row):
+        if row["iteration"] > 0:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_group(compiled, TrainData(*blobs), cut, hooks=(stop,), progress=False)
+    assert len(metrics(cut[0])) == 2  # stopped after the first epoch
+    train_group(compiled, TrainData(*blobs), cut, resume=True, progress=False)
+    for x, y, z in zip(a, b, cut):
         for k, v in weights(x).items():
             torch.testing.assert_close(weights(y)[k], v, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(weights(z)[k], weights(y)[k], rtol=1e-6, atol=1e-7)
+        pd.testing.assert_frame_equal(metrics(y), metrics(x), rtol=1e-3, check_dtype=False)
