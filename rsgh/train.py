@@ -16,6 +16,7 @@ moment leaves the previous complete version of each.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -387,14 +388,20 @@ def _compiled_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec, lam
     loss_of = _LossOf(model, spec)
     names = [f"model.params.{n}" for n in model.params]
     params = list(model.params.values())
-    for p in params:  # Adam's state, created as torch.optim.Adam creates it (unless resumed)
+    count = float(opt.state[params[0]]["step"]) if opt.state[params[0]] else 0.0
+    # One step counter shared by every parameter's state (torch.optim.Adam keeps equal copies):
+    # updating 20 tiny tensors each step costs more than a layer's GEMM.
+    step_count = torch.tensor(count, dtype=torch.float32, device=params[0].device)
+    for p in params:  # Adam's state, as torch.optim.Adam creates it (or as resumed)
         if not opt.state[p]:
-            opt.state[p].update(step=torch.zeros((), dtype=torch.float32, device=p.device),
-                                exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+            opt.state[p].update(exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+        opt.state[p]["step"] = step_count
     states = [opt.state[p] for p in params]
     weights = [p.detach() for p in params]  # share storage: updated in place
     exp_avg, exp_avg_sq = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
-    steps = [s["step"] for s in states]
+    # the step's scalars, filled on the host each step (inside the graph inductor would
+    # recompute them for every element)
+    step_size, bias_correction2_sqrt = torch.zeros(()), torch.zeros(())
     adv_rate = (spec.rsgh * spec.adversary_lr)[:, :, 0]
 
     def loss_fn(ws, x, xi):
@@ -413,11 +420,15 @@ def _compiled_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec, lam
     compiled = torch.compile(whole_step, fullgraph=True, options={"cpp_wrapper": True})
 
     def cpu_step(x, xi):
-        torch._foreach_add_(steps, 1.0)
-        t = steps[0]
-        step_size = lr / (1 - beta1 ** t)  # computed here: inside the graph inductor repeats it per element
-        bias_correction2_sqrt = (1 - beta2 ** t).sqrt()
-        return compiled(weights, exp_avg, exp_avg_sq, x, xi, step_size, bias_correction2_sqrt)
+        nonlocal count
+        count += 1
+        step_count.fill_(count)
+        step_size.fill_(lr / (1 - beta1 ** count))
+        bias_correction2_sqrt.fill_(math.sqrt(1 - beta2 ** count))
+        if count <= 2:  # compiles on the first call
+            return compiled(weights, exp_avg, exp_avg_sq, x, xi, step_size, bias_correction2_sqrt)
+        with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+            return compiled(weights, exp_avg, exp_avg_sq, x, xi, step_size, bias_correction2_sqrt)
 
     return cpu_step
 

@@ -95,8 +95,14 @@ def test_compiled_step_agrees_with_eager_and_resumes(tmp_path, blobs):
         train_group(compiled, TrainData(*blobs), cut, hooks=(stop,), progress=False)
     assert len(metrics(cut[0])) == 2  # stopped after the first epoch
     train_group(compiled, TrainData(*blobs), cut, resume=True, progress=False)
-    for x, y, z in zip(a, b, cut):
+    # the same shapes with other hyperparameters in each slot, in the same process: nothing of the
+    # earlier groups' compiled steps is reused
+    order = [2, 0, 1]
+    permuted = [tmp_path / f"p{g}" for g in order]
+    train_group([compiled[g] for g in order], TrainData(*blobs), permuted, progress=False)
+    for x, y, z, w in zip(a, b, cut, [permuted[order.index(g)] for g in range(3)]):
         for k, v in weights(x).items():
             torch.testing.assert_close(weights(y)[k], v, rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(weights(z)[k], weights(y)[k], rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(weights(w)[k], weights(y)[k], rtol=1e-4, atol=1e-5)
         pd.testing.assert_frame_equal(metrics(y), metrics(x), rtol=1e-3, check_dtype=False)
