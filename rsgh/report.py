@@ -19,24 +19,37 @@ PALETTE = {"SGH": "#1f77b4", "R-SGH": "#d62728"}
 
 
 def curves_over_epochs(curves: pd.DataFrame, columns: Sequence[str], titles: Sequence[str],
-                       hue: str = "method", palette=None, start_epoch: float = 0.0, shared_legend: bool = False):
+                       hue: str = "method", palette=None, start_epoch: float = 0.0, shared_legend: bool = False,
+                       ncols: int | None = None):
     """One panel per column: mean over seeds with a band of one standard deviation.
 
-    ``shared_legend``: one legend below the panels instead of one in each (for many lines)."""
-    fig, axes = plt.subplots(1, len(columns), figsize=(5.2 * len(columns), 3.6), squeeze=False)
+    ``shared_legend``: one legend below the panels instead of one in each (for many lines);
+    ``ncols``: panels per row (default: all in one row)."""
+    ncols = ncols or len(columns)
+    nrows = -(-len(columns) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.6 * nrows), squeeze=False)
+    axes = axes.ravel()
+    spare = list(axes[len(columns):])
+    for ax in spare:
+        ax.axis("off")
     data = curves[curves["epoch"] >= start_epoch]
-    for ax, col, title in zip(axes[0], columns, titles):
+    for ax, col, title in zip(axes, columns, titles):
         sns.lineplot(data=data, x="epoch", y=col, hue=hue, errorbar="sd", ax=ax,
                      palette=palette or (PALETTE if hue == "method" else None))
         ax.set_title(title)
         ax.set_ylabel(col)
         ax.grid(alpha=0.3)
     if shared_legend:
-        handles, labels = axes[0, 0].get_legend_handles_labels()
-        for ax in axes[0]:
+        handles, labels = axes[0].get_legend_handles_labels()
+        for ax in axes[:len(columns)]:
             ax.get_legend().remove()
-        fig.tight_layout(rect=(0, 0.12, 1, 1))
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False, title=hue)
+        if spare:  # in the first unused panel
+            spare[0].legend(handles, labels, loc="center", frameon=False, title=hue)
+            fig.tight_layout()
+        else:  # below the panels
+            rows = -(-len(labels) // 3)
+            fig.tight_layout(rect=(0, (0.05 + 0.05 * rows) / nrows, 1, 1))
+            fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), frameon=False, title=hue)
     else:
         fig.tight_layout()
     return fig

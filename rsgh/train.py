@@ -196,6 +196,7 @@ def train_group(configs: Sequence[Config], data: TrainData, outs: Sequence[str |
     for c, out in zip(configs, outs):
         _prepare_dir(out, c, resume)
 
+    commit = git_commit()  # the code that trains (a checkout may move on while it runs)
     torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     train_x = torch.as_tensor(data.train_x, dtype=torch.float32).to(device).contiguous()
@@ -315,7 +316,7 @@ def train_group(configs: Sequence[Config], data: TrainData, outs: Sequence[str |
             "seconds_per_epoch": shared["elapsed"] / (steps / per_epoch) if steps else None,
             "steps_per_second": steps / shared["elapsed"] if shared["elapsed"] else None,
             "device": str(device), "threads": c.threads, "data_source": data.source,
-            "data_checksums": data.checksums, "versions": versions(), "git_commit": git_commit(),
+            "data_checksums": data.checksums, "versions": versions(), "git_commit": commit,
         }
         atomic_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
         (out / PREVIOUS).unlink(missing_ok=True)

@@ -23,8 +23,18 @@ def test_curves_over_epochs_draws_the_mean_over_seeds(shared_legend):
     assert len(lines) == 3
     for line, reading in zip(lines, ("a", "b", "c")):
         np.testing.assert_allclose(line.get_ydata(), expected[reading].to_numpy())
-    if shared_legend:
+    if shared_legend:  # one row, no spare panel: below the panels
         assert ax.get_legend() is None
         assert [t.get_text() for t in fig.legends[0].get_texts()] == ["a", "b", "c"]
     else:
         assert ax.get_legend() is not None and not fig.legends
+
+
+def test_curves_over_epochs_grid():
+    curves = pd.DataFrame([{"method": m, "seed": s, "epoch": e, "a": e + s, "b": -e, "c": s}
+                           for m in ("SGH", "R-SGH") for s in range(2) for e in (1, 2)])
+    fig = report.curves_over_epochs(curves, ["a", "b", "c"], ["A", "B", "C"], ncols=2, shared_legend=True)
+    assert [ax.get_title() for ax in fig.axes] == ["A", "B", "C", ""]
+    spare = fig.axes[3]  # the unused fourth panel holds the legend
+    assert not spare.axison and [t.get_text() for t in spare.get_legend().get_texts()] == ["SGH", "R-SGH"]
+    assert fig.get_size_inches() == pytest.approx((10.4, 7.2))
