@@ -359,8 +359,9 @@ def _compiled_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec, lam
 
     On a CPU most of a step of these small networks is per-operation overhead; one graph with
     the gradient taken by ``torch.func.grad`` and Adam's update written out lets inductor fuse
-    the elementwise work into a few C++ loops (measured: about 1.5x the steps/s of compiling the
-    forward and backward pass alone and calling the fused Adam). The update is
+    the elementwise work into a few C++ loops (measured: 2.3-2.7x the steps/s of the uncompiled
+    group, against 1.5x for compiling the forward and backward pass alone and calling the fused
+    Adam). The update is
     ``torch.optim.Adam``'s, on its own state tensors, so checkpoints and resume are unchanged.
     On CUDA the forward and backward pass is compiled with ``mode="reduce-overhead"`` (CUDA
     graphs) and the fused Adam is kept.
