@@ -421,16 +421,21 @@ def _compiled_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec, lam
 
     compiled = torch.compile(whole_step, fullgraph=True, options={"cpp_wrapper": True})
 
+    calls = 0
+
     def cpu_step(x, xi):
-        nonlocal count
+        nonlocal count, calls
         count += 1
+        calls += 1
         step_count.fill_(count)
         step_size.fill_(lr / (1 - beta1 ** count))
         bias_correction2_sqrt.fill_(math.sqrt(1 - beta2 ** count))
-        if count <= 2:  # compiles on the first call
-            return compiled(weights, exp_avg, exp_avg_sq, x, xi, step_size, bias_correction2_sqrt)
+        args = (weights, exp_avg, exp_avg_sq, x, xi, step_size, bias_correction2_sqrt)
+        if calls <= 2:  # compiles (with every guard checked) on the first calls of this group
+            return compiled(*args)
+        # then the guards, which only re-check that the same tensors come in, are skipped (0.3 ms a step)
         with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-            return compiled(weights, exp_avg, exp_avg_sq, x, xi, step_size, bias_correction2_sqrt)
+            return compiled(*args)
 
     return cpu_step
 

@@ -1,7 +1,10 @@
 """Lock-step training of a group: each model ends where it ends when trained alone."""
 
 import os
+import subprocess
+import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -106,3 +109,37 @@ def test_compiled_step_agrees_with_eager_and_resumes(tmp_path, blobs):
             torch.testing.assert_close(weights(z)[k], weights(y)[k], rtol=1e-6, atol=1e-7)
             torch.testing.assert_close(weights(w)[k], weights(y)[k], rtol=1e-4, atol=1e-5)
         pd.testing.assert_frame_equal(metrics(y), metrics(x), rtol=1e-3, check_dtype=False)
+
+
+RESUME_IN_A_NEW_PROCESS = """
+import sys
+import numpy as np
+from rsgh.config import make_config
+from rsgh.train import TrainData, train_group
+configs = [make_config(None, c) for c in {configs!r}]
+data = np.load(sys.argv[1])
+train_group(configs, TrainData(data["train"], data["eval"]), sys.argv[2:], resume=True, progress=False)
+"""
+
+
+def test_compiled_run_resumes_in_a_new_process(tmp_path, blobs):
+    """A fresh process compiles the step again before it takes the fast path."""
+    configs = [make_config(None, dict(c.to_dict(), compile_step=True, epochs=2)) for c in cfgs()[:2]]
+    full = [tmp_path / f"full{g}" for g in range(2)]
+    cut = [tmp_path / f"cut{g}" for g in range(2)]
+    train_group(configs, TrainData(*blobs), full, progress=False)
+
+    def stop(g, row):
+        if row["iteration"] > 0:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_group(configs, TrainData(*blobs), cut, hooks=(stop,), progress=False)
+    np.savez(tmp_path / "data.npz", train=blobs[0], eval=blobs[1])
+    script = RESUME_IN_A_NEW_PROCESS.format(configs=[c.to_dict() for c in configs])
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "data.npz"), *map(str, cut)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for a, b in zip(full, cut):
+        for k, v in weights(a).items():
+            torch.testing.assert_close(weights(b)[k], v, rtol=1e-6, atol=1e-7)
