@@ -433,7 +433,13 @@ def _compiled_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec, lam
         bias_correction2_sqrt.fill_(math.sqrt(1 - beta2 ** count))
         args = (weights, exp_avg, exp_avg_sq, x, xi, step_size, bias_correction2_sqrt)
         if calls <= 2:  # compiles (with every guard checked) on the first calls of this group
-            return compiled(*args)
+            try:
+                return compiled(*args)
+            except torch._dynamo.exc.FailOnRecompileLimitHit:
+                # dynamo keeps a few compiled shapes per function (recompile_limit) and then refuses
+                # another: many groups of different shapes in one process start its cache afresh
+                torch.compiler.reset()
+                return compiled(*args)
         # then the guards, which only re-check that the same tensors come in, are skipped (0.3 ms a step)
         with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
             return compiled(*args)
