@@ -9,7 +9,6 @@ call stops with the difference (see ``train._prepare_dir``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -82,12 +81,10 @@ def mean_and_spread(finals: pd.DataFrame, by: Sequence[str], columns: Sequence[s
         s = s.dropna()
         if len(s) == 0:
             return "n/a"
-        mean, sd = s.mean(), s.std(ddof=1)
-        tail = "" if compact else f" (n={len(s)})"
-        if not compact:
-            return f"{mean:.4f} ± {sd:.4f}{tail}" if len(s) > 1 else f"{mean:.4f}{tail}"
-        d = _decimals(sd if len(s) > 1 else float("nan"), mean)
-        return f"{mean:.{d}f} ± {sd:.{d}f}" if len(s) > 1 else f"{mean:.{d}f}"
+        mean, sd = s.mean(), s.std(ddof=1)  # sd is NaN for one seed
+        d = _decimals(sd, mean) if compact else 4
+        cell = f"{mean:.{d}f} ± {sd:.{d}f}" if len(s) > 1 else f"{mean:.{d}f}"
+        return cell if compact else f"{cell} (n={len(s)})"
     groups = finals.groupby(list(by))
     table = groups[list(columns)].agg(fmt)
     if compact:
@@ -139,7 +136,7 @@ def baselines_table(cfg: Config, bits: Sequence[int], seeds: Sequence[int] = (0,
     ``seconds`` column then tells how long each fit took when it was computed."""
     from . import baselines, metrics, retrieval
     from .baselines import fit_baseline
-    from .features import array_digest, code_digest
+    from .features import array_digest, cache_key, code_digest
     from .files import atomic_text
     from .paths import cache_dir
     from .retrieval import retrieval_report
@@ -147,10 +144,10 @@ def baselines_table(cfg: Config, bits: Sequence[int], seeds: Sequence[int] = (0,
     _, rdata = prepared or load_task_data(cfg, data_root)
     path = None
     if cache:
-        key = "|".join([array_digest(rdata.raw_features, rdata.labels, rdata.query, rdata.database),
+        key = cache_key(array_digest(rdata.raw_features, rdata.labels, rdata.query, rdata.database),
                         repr(list(bits)), repr(list(seeds)), repr(list(names)),
-                        code_digest(baselines, metrics, retrieval)])
-        path = cache_dir() / "baselines" / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.csv"
+                        code_digest(baselines, metrics, retrieval))
+        path = cache_dir() / "baselines" / f"{key}.csv"
         if path.exists():
             return pd.read_csv(path)
     rows = []

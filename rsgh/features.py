@@ -17,7 +17,8 @@ from .files import atomic_write_file
 from .paths import cache_dir
 
 
-def _key(*parts: str) -> str:
+def cache_key(*parts: str) -> str:
+    """A short file-name-safe digest of the strings that identify a cached result."""
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -44,7 +45,7 @@ def cached(name: str, key_parts: tuple[str, ...], compute, folder: Path | None =
     """``compute()`` once per key; later calls load the saved array (a few ms)."""
     folder = (folder or cache_dir()) / "features"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}-{_key(*key_parts)}.npy"
+    path = folder / f"{name}-{cache_key(*key_parts)}.npy"
     if path.exists():
         return np.load(path)
     array = np.ascontiguousarray(compute())

@@ -340,50 +340,43 @@ class _LossOf(torch.nn.Module):
 def make_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec, lam: torch.Tensor,
               compiled: bool = False) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The training step ``step(x, xi) -> parts``: one update of every model of the group and of
-    its adversary; ``parts`` are the batch's loss terms (G, len(PARTS)), detached."""
+    its adversary; ``parts`` are the batch's loss terms (G, len(PARTS)), detached.
+
+    ``compiled``: on a CPU the whole step as one graph (:func:`_compiled_cpu_step`); on CUDA the
+    forward and backward pass compiled with ``mode="reduce-overhead"`` (CUDA graphs) beside the
+    fused Adam."""
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    if compiled and not on_cuda:
+        return _compiled_cpu_step(model, opt, spec, lam)
+
+    def forward_backward(x, xi):
+        loss = compute_loss(model, x, xi, spec, lam)
+        loss.total.backward()
+        return loss.parts, loss.redundancy
+
     if compiled:
-        return _compiled_step(model, opt, spec, lam)
+        forward_backward = torch.compile(forward_backward, mode="reduce-overhead")
 
     def step(x, xi):
         opt.zero_grad(set_to_none=True)
-        loss = compute_loss(model, x, xi, spec, lam)
-        loss.total.backward()
+        parts, redundancy = forward_backward(x, xi)
         opt.step()
-        adversary_step(lam, loss.redundancy, spec)
-        return loss.parts
+        adversary_step(lam, redundancy, spec)
+        return parts
 
     return step
 
 
-def _compiled_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec, lam: torch.Tensor):
+def _compiled_cpu_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec, lam: torch.Tensor):
     """The whole training step (forward, gradient, Adam, adversary) as one ``torch.compile`` graph.
 
     On a CPU most of a step of these small networks is per-operation overhead; one graph with
     the gradient taken by ``torch.func.grad`` and Adam's update written out lets inductor fuse
-    the elementwise work into a few C++ loops (measured: 2.3-2.7x the steps/s of the uncompiled
+    the elementwise work into a few C++ loops (measured: 2.1-2.7x the steps/s of the uncompiled
     group, against 1.5x for compiling the forward and backward pass alone and calling the fused
-    Adam). The update is
-    ``torch.optim.Adam``'s, on its own state tensors, so checkpoints and resume are unchanged.
-    On CUDA the forward and backward pass is compiled with ``mode="reduce-overhead"`` (CUDA
-    graphs) and the fused Adam is kept.
+    Adam). The update is ``torch.optim.Adam``'s, on its own state tensors, so checkpoints and
+    resume are unchanged.
     """
-    if next(model.parameters()).device.type == "cuda":
-        def forward_backward(x, xi):
-            loss = compute_loss(model, x, xi, spec, lam)
-            loss.total.backward()
-            return loss.parts, loss.redundancy
-
-        forward_backward = torch.compile(forward_backward, mode="reduce-overhead")
-
-        def cuda_step(x, xi):
-            opt.zero_grad(set_to_none=True)
-            parts, redundancy = forward_backward(x, xi)
-            opt.step()
-            adversary_step(lam, redundancy, spec)
-            return parts
-
-        return cuda_step
-
     group = opt.param_groups[0]
     if group["weight_decay"] or group["amsgrad"] or group["maximize"] or len(opt.param_groups) > 1:
         raise ValueError("the compiled step implements plain Adam only")

@@ -49,6 +49,11 @@ class Interrupt(Exception):
     pass
 
 
+def stop_after_first_evaluation(g, row):
+    if row["iteration"] > 0:
+        raise Interrupt
+
+
 def test_group_resume_also_after_a_kill_between_member_checkpoints(tmp_path, blobs):
     configs = cfgs()[:3]
     full = [tmp_path / f"full{g}" for g in range(3)]
@@ -90,16 +95,12 @@ def test_compiled_step_agrees_with_eager_and_resumes(tmp_path, blobs):
     train_group(eager, TrainData(*blobs), a, progress=False)
     train_group(compiled, TrainData(*blobs), b, progress=False)
 
-    def stop(g, row):
-        if row["iteration"] > 0:
-            raise Interrupt
-
     with pytest.raises(Interrupt):
-        train_group(compiled, TrainData(*blobs), cut, hooks=(stop,), progress=False)
+        train_group(compiled, TrainData(*blobs), cut, hooks=(stop_after_first_evaluation,), progress=False)
     assert len(metrics(cut[0])) == 2  # stopped after the first epoch
     train_group(compiled, TrainData(*blobs), cut, resume=True, progress=False)
-    # the same shapes with other hyperparameters in each slot, in the same process: nothing of the
-    # earlier groups' compiled steps is reused
+    # the same shapes with other hyperparameters in each slot, in the same process (which reuses the
+    # compiled graph): each member still ends where it ends in its own slot
     order = [2, 0, 1]
     permuted = [tmp_path / f"p{g}" for g in order]
     train_group([compiled[g] for g in order], TrainData(*blobs), permuted, progress=False)
@@ -129,12 +130,8 @@ def test_compiled_run_resumes_in_a_new_process(tmp_path, blobs):
     cut = [tmp_path / f"cut{g}" for g in range(2)]
     train_group(configs, TrainData(*blobs), full, progress=False)
 
-    def stop(g, row):
-        if row["iteration"] > 0:
-            raise Interrupt
-
     with pytest.raises(Interrupt):
-        train_group(configs, TrainData(*blobs), cut, hooks=(stop,), progress=False)
+        train_group(configs, TrainData(*blobs), cut, hooks=(stop_after_first_evaluation,), progress=False)
     np.savez(tmp_path / "data.npz", train=blobs[0], eval=blobs[1])
     script = RESUME_IN_A_NEW_PROCESS.format(configs=[c.to_dict() for c in configs])
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "data.npz"), *map(str, cut)],
