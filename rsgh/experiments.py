@@ -92,6 +92,21 @@ def mean_and_spread(finals: pd.DataFrame, by: Sequence[str], columns: Sequence[s
     return table
 
 
+def map_table(finals: pd.DataFrame, baselines: pd.DataFrame | None = None, column: str = "map") -> pd.DataFrame:
+    """The retrieval table of a results page: one row per method (the learned ones first, then
+    the baselines, each in the order met), one column ``K = <bits>`` per code length holding the
+    compact ``mean ± sd`` over seeds of ``column``, and ``seeds``, the most seeds of any cell."""
+    parts = [finals] + ([baselines] if baselines is not None else [])
+    rows = pd.concat([p[["method", "bits", "seed", column]] for p in parts], ignore_index=True)
+    long = mean_and_spread(rows, ["method", "bits"], [column], compact=True)
+    table = long[column].unstack("bits")
+    table.columns = [f"K = {b}" for b in table.columns]
+    table["seeds"] = long["seeds"].groupby(level="method").max()
+    table = table.reindex(list(dict.fromkeys(rows["method"])))
+    table.index.name = "method"
+    return table.fillna("")
+
+
 def _decimals(sd: float, mean: float) -> int:
     """Decimals that show two significant digits of ``sd``, or three of ``mean`` when sd is 0 or unknown."""
     spread = np.isfinite(sd) and sd > 0

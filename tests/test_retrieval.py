@@ -126,3 +126,19 @@ def test_mean_and_spread_compact_rounds_to_the_spread():
     assert table.loc["B", "active"] == "64.0 ± 0.0"
     assert table.loc["C", "map"] == "0.500"
     assert table["seeds"].tolist() == [3, 3, 1]
+
+
+def test_map_table_one_row_per_method_one_column_per_code_length():
+    finals = pd.DataFrame({"method": ["SGH", "SGH", "R-SGH", "R-SGH", "SGH", "R-SGH"],
+                           "bits": [32, 32, 32, 32, 64, 64], "seed": [0, 1, 0, 1, 0, 0],
+                           "map": [0.30, 0.32, 0.35, 0.37, 0.40, 0.45]})
+    baselines = pd.DataFrame({"method": ["LSH", "LSH", "ITQ"], "bits": [32, 32, 64], "seed": [0, 1, 0],
+                              "map": [0.1, 0.2, 0.5]})
+    table = ex.map_table(finals, baselines)
+    assert table.index.tolist() == ["SGH", "R-SGH", "LSH", "ITQ"]
+    assert table.columns.tolist() == ["K = 32", "K = 64", "seeds"]
+    # mean ± sample sd: (0.30, 0.32) -> 0.310 ± 0.014
+    assert table.loc["SGH", "K = 32"] == "0.310 ± 0.014"
+    assert table.loc["R-SGH", "K = 64"] == "0.450"
+    assert table.loc["LSH", "K = 64"] == "" and table.loc["ITQ", "K = 32"] == ""
+    assert table["seeds"].tolist() == [2, 2, 2, 1]
