@@ -401,7 +401,9 @@ def _compiled_cpu_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec,
     adv_rate = (spec.rsgh * spec.adversary_lr)[:, :, 0]
 
     def loss_fn(ws, x, xi):
-        return torch.func.functional_call(loss_of, dict(zip(names, ws)), (x, xi, lam))
+        total, (parts, redundancy) = torch.func.functional_call(loss_of, dict(zip(names, ws)), (x, xi, lam))
+        # torch.func.grad's auxiliary outputs must be tensors: a group without R-SGH has no redundancy
+        return total, (parts, () if redundancy is None else (redundancy,))
 
     def whole_step(ws, ms, vs, x, xi, step_size, bias_correction2_sqrt):
         grads, (parts, redundancy) = torch.func.grad(loss_fn, has_aux=True)(ws, x, xi)
@@ -409,8 +411,8 @@ def _compiled_cpu_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec,
             m.lerp_(g, 1 - beta1)
             v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
             w.sub_(step_size * m / (v.sqrt() / bias_correction2_sqrt + eps))
-        if redundancy is not None:
-            lam.add_(adv_rate * redundancy).clamp_(min=0.0)
+        for r in redundancy:  # none or one
+            lam.add_(adv_rate * r).clamp_(min=0.0)
         return parts
 
     compiled = torch.compile(whole_step, fullgraph=True, options={"cpp_wrapper": True})

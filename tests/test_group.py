@@ -153,3 +153,16 @@ def test_compiled_groups_of_many_shapes_in_one_process(tmp_path, blobs, monkeypa
         out = tmp_path / f"k{bits}"
         train_group([cfg], TrainData(*blobs), [out], progress=False)
         assert weights(out)["enc1_weight"].shape[-1] == bits
+
+
+def test_compiled_group_without_rsgh(tmp_path, blobs):
+    """A group of SGH models only (no redundancy term, no adversary) compiles and ends where the
+    eager step ends (found training the SGH half of embodiment 2 in a process of its own)."""
+    sgh = [make_config(None, dict(cfgs()[0].to_dict(), seed=s, epochs=1)) for s in (0, 1)]
+    compiled = [make_config(None, dict(c.to_dict(), compile_step=True)) for c in sgh]
+    a, b = [tmp_path / f"e{g}" for g in range(2)], [tmp_path / f"c{g}" for g in range(2)]
+    train_group(sgh, TrainData(*blobs), a, progress=False)
+    train_group(compiled, TrainData(*blobs), b, progress=False)
+    for x, y in zip(a, b):
+        for k, v in weights(x).items():
+            torch.testing.assert_close(weights(y)[k], v, rtol=1e-4, atol=1e-5)
