@@ -22,6 +22,7 @@ from rsgh.config import make_config
 from rsgh.model import HashModel
 from rsgh.objective import GroupSpec
 from rsgh.train import make_step
+from train_throughput import timed_rate  # the sibling script (benchmarks/ is on sys.path when run)
 
 STAGES = [  # name, presets, overrides, input dimension, training items, epochs
     ("E1 (MNIST, K=64, M=1)", ("e1-sgh", "e1-rsgh"), {}, 784, 60000, 50),
@@ -46,15 +47,10 @@ def steps_per_second(presets, overrides, dim, seconds, compiled):
         step(x_all.index_select(0, torch.randint(len(x_all), (c.batch_size,))), torch.rand(g, c.batch_size, c.bits))
 
     t0 = time.perf_counter()
-    for _ in range(30):  # warm-up (and compilation)
+    for _ in range(10):  # compilation
         one()
     warm = time.perf_counter() - t0
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        for _ in range(20):
-            one()
-        n += 20
-    return n / (time.perf_counter() - t0), warm
+    return timed_rate(one, seconds, torch.device("cpu")), warm
 
 
 def schedule(durations, cores):

@@ -53,7 +53,7 @@ def eager_single(x_all, seconds, device):
         opt.step()
         lam.add_(0.01 * r.detach()).clamp_(min=0)
 
-    return _rate(step, seconds, device)
+    return timed_rate(step, seconds, device)
 
 
 def group(x_all, size, seconds, device, compiled=False):
@@ -69,10 +69,11 @@ def group(x_all, size, seconds, device, compiled=False):
     def step():
         train_step(x_all[torch.randint(len(x_all), (B,), device=device)], torch.rand(size, B, K, device=device))
 
-    return size * _rate(step, seconds, device)
+    return size * timed_rate(step, seconds, device)
 
 
-def _rate(step, seconds, device):
+def timed_rate(step, seconds, device):
+    """Calls of ``step`` per second over about ``seconds``, after 20 warm-up calls."""
     for _ in range(20):
         step()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
