@@ -142,17 +142,19 @@ def test_compiled_run_resumes_in_a_new_process(tmp_path, blobs):
             torch.testing.assert_close(weights(b)[k], v, rtol=1e-6, atol=1e-7)
 
 
-def test_compiled_groups_of_many_shapes_in_one_process(tmp_path, blobs, monkeypatch):
+def test_compiled_groups_of_many_shapes_in_one_process(tmp_path, blobs):
     """More shapes than dynamo keeps compiled for one function (its recompile_limit, 8 by
     default; 1 here) do not stop training."""
     import torch._dynamo
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
-    for bits in (4, 6):
-        cfg = make_config(None, dict(cfgs()[1].to_dict(), bits=bits, epochs=1, compile_step=True))
-        out = tmp_path / f"k{bits}"
-        train_group([cfg], TrainData(*blobs), [out], progress=False)
-        assert weights(out)["enc1_weight"].shape[-1] == bits
+    # config.patch, not monkeypatch: undoing a monkeypatch deletes the setting from dynamo's config
+    # module, and every later compilation in the process then fails
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for bits in (4, 6):
+            cfg = make_config(None, dict(cfgs()[1].to_dict(), bits=bits, epochs=1, compile_step=True))
+            out = tmp_path / f"k{bits}"
+            train_group([cfg], TrainData(*blobs), [out], progress=False)
+            assert weights(out)["enc1_weight"].shape[-1] == bits
 
 
 def test_compiled_group_without_rsgh(tmp_path, blobs):
