@@ -28,7 +28,7 @@ reference: venv
 	$(PY) -m rsgh train --config sgh-reference --out $(RUNS)/sgh-reference --resume
 
 reproduce: venv
-	$(PY) -m rsgh reproduce --profile $(PROFILE)
+	RSGH_WORKERS=$${RSGH_WORKERS:-$$(nproc)} $(PY) -m rsgh reproduce --profile $(PROFILE)  # one training process per core
 	$(MAKE) book
 
 book: venv

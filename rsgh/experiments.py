@@ -10,7 +10,10 @@ call stops with the difference (see ``train._prepare_dir``).
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -26,24 +29,47 @@ def run_dir_name(cfg: Config, variant: str = "") -> str:
 
 
 def train_variants(experiment: str, variants: Sequence[tuple[str, Config]], runs: str | Path = "runs",
-                   data_root=None, progress: bool = True, prepared=None) -> list[Path]:
+                   data_root=None, progress: bool = True, prepared=None, workers: int | None = None) -> list[Path]:
     """Train named configurations, grouped by what must be shared, and return their run dirs.
 
     ``variants``: (variant name, config) pairs. Configurations that can share a group (same
     architecture, data, learning rate) are trained together in lock-step.
+
+    ``workers`` (default: the environment variable ``RSGH_WORKERS``, else 1): with more than one,
+    each group is dealt out into that many smaller groups trained at the same time, each in a
+    process of its own (one thread each), so that every core works. A model ends where it ends in
+    any other group (``tests/test_group.py``), so the results do not depend on ``workers``.
     """
     from .objective import PER_MODEL
+    from .train import pick_device
 
+    workers = int(os.environ.get("RSGH_WORKERS", "1")) if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1 (got {workers}; set RSGH_WORKERS to a positive integer)")
+    if workers > 1 and any(pick_device(c.device).type == "cuda" for _, c in variants):
+        workers = 1  # one accelerator: one lock-step group on it at a time
     root = Path(runs) / experiment
     groups: dict[tuple, list[tuple[Path, Config]]] = {}
     for name, cfg in variants:
         shared = tuple((k, v) for k, v in cfg.to_dict().items() if k not in PER_MODEL) + (cfg.model_lr,)
         groups.setdefault(shared, []).append((root / run_dir_name(cfg, name), cfg))
-    outs = []
-    for members in groups.values():
-        dirs = [d for d, _ in members]
-        run_group([c for _, c in members], dirs, data_root, resume=True, progress=progress, prepared=prepared)
-        outs += dirs
+    outs = [d for members in groups.values() for d, _ in members]
+    if workers == 1:
+        for members in groups.values():
+            run_group([c for _, c in members], [d for d, _ in members], data_root, resume=True, progress=progress,
+                      prepared=prepared)
+        return outs
+    # spawn, not fork: a forked child of a process that has run torch (threads, compiled code) can hang
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for members in groups.values():
+            # interleaved, so that each part mixes the methods and seeds (their costs differ a little)
+            parts = [members[i::workers] for i in range(min(workers, len(members)))]
+            futures = [pool.submit(run_group, [c for _, c in part], [d for d, _ in part], data_root, resume=True,
+                                   progress=False) for part in parts]
+            for part, future in zip(parts, futures):
+                future.result()  # re-raises a worker's error here
+                if progress:
+                    print(f"{experiment}: trained {', '.join(d.name for d, _ in part)}", flush=True)
     return outs
 
 

@@ -1,5 +1,6 @@
 """Lock-step training of a group: each model ends where it ends when trained alone."""
 
+import json
 import os
 import subprocess
 import sys
@@ -168,3 +169,23 @@ def test_compiled_group_without_rsgh(tmp_path, blobs):
     for x, y in zip(a, b):
         for k, v in weights(x).items():
             torch.testing.assert_close(weights(y)[k], v, rtol=1e-4, atol=1e-5)
+
+
+def test_groups_dealt_out_to_worker_processes_end_where_one_process_ends(tmp_path, mnist_root):
+    """train_variants with 2 workers (each group split into two groups, trained in two processes)
+    against 1: the same weights for every model, SGH and R-SGH."""
+    from rsgh.experiments import train_variants
+
+    base = dict(hidden_layers=1, bits=8, iterations=120, eval_every=60, device="cpu")
+    variants = [("", make_config(None, dict(base, method=m, seed=s))) for m in ("sgh", "rsgh") for s in (0, 1)]
+    one = train_variants("x", variants, tmp_path / "one", mnist_root, progress=False, workers=1)
+    two = train_variants("x", variants, tmp_path / "two", mnist_root, progress=False, workers=2)
+    assert [d.name for d in one] == [d.name for d in two] == ["sgh-k8-s0", "sgh-k8-s1", "rsgh-k8-s0", "rsgh-k8-s1"]
+    for a, b in zip(one, two):
+        assert json.loads((a / "summary.json").read_text())["group_size"] == 4
+        assert json.loads((b / "summary.json").read_text())["group_size"] == 2  # really split
+        for k, v in weights(a).items():
+            torch.testing.assert_close(weights(b)[k], v, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(weights(one[0])["dec0_weight"], weights(one[2])["dec0_weight"])
+    with pytest.raises(ValueError, match="RSGH_WORKERS"):
+        train_variants("x", variants, tmp_path / "three", mnist_root, progress=False, workers=0)
