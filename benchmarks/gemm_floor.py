@@ -17,8 +17,7 @@ import argparse
 
 import torch
 
-from paper_scale_estimate import STAGES, schedule  # sibling scripts (benchmarks/ is on sys.path when run)
-from rsgh.config import make_config
+from paper_scale_estimate import STAGES, schedule, stage_setup  # sibling scripts (benchmarks/ is on sys.path when run)
 from train_throughput import timed_rate
 
 
@@ -55,11 +54,10 @@ def main():
     torch.set_num_threads(1)
     minutes = []
     for name, presets, overrides, dim, items, epochs in STAGES:
-        cfgs = [make_config(q, dict(overrides, seed=g, device="cpu")) for g, q in enumerate(presets)]
+        cfgs, steps = stage_setup(presets, overrides, items, epochs)
         c = cfgs[0]
         step, flops = products(layer_dims(dim, c.bits, c.hidden_layers), len(cfgs), c.batch_size)
         rate = timed_rate(step, args.seconds, torch.device("cpu"))
-        steps = items // c.batch_size * epochs
         minutes.append(steps / rate / 60)
         print(f"{name:24s} {1e3 / rate:6.3f} ms/step of products ({flops / 1e6:5.1f} MFLOP, "
               f"{flops * rate / 1e9:5.1f} GFLOP/s)  {steps:7d} steps  {minutes[-1]:5.1f} min", flush=True)

@@ -32,8 +32,13 @@ STAGES = [  # name, presets, overrides, input dimension, training items, epochs
 ]
 
 
-def steps_per_second(presets, overrides, dim, seconds, compiled):
+def stage_setup(presets, overrides, items, epochs):
+    """A stage's configurations (one model per preset, on the CPU) and the training steps of each model."""
     cfgs = [make_config(p, dict(overrides, seed=g, device="cpu")) for g, p in enumerate(presets)]
+    return cfgs, items // cfgs[0].batch_size * epochs
+
+
+def steps_per_second(cfgs, dim, seconds, compiled):
     c = cfgs[0]
     spec = GroupSpec.from_configs(cfgs)
     model = HashModel(dim, c.bits, c.hidden_layers, c.arch, [x.seed for x in cfgs])
@@ -72,8 +77,8 @@ def main():
         label = "compiled" if compiled else "eager"
         minutes = []
         for name, presets, overrides, dim, items, epochs in STAGES:
-            rate, warm = steps_per_second(presets, overrides, dim, args.seconds, compiled)
-            steps = items // 32 * epochs
+            cfgs, steps = stage_setup(presets, overrides, items, epochs)
+            rate, warm = steps_per_second(cfgs, dim, args.seconds, compiled)
             minutes.append(steps / rate / 60 + warm / 60)
             print(f"{label:8s} {name:24s} {rate:6.0f} steps/s (pair)  {steps:7d} steps  "
                   f"{minutes[-1]:6.1f} min  (warm-up {warm:4.1f} s)", flush=True)

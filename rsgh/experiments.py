@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Config, make_config
-from .runner import load_task_data, run_group
+from .runner import data_key, load_task_data, run_group
 
 
 def run_dir_name(cfg: Config, variant: str = "") -> str:
@@ -64,13 +64,24 @@ def train_variants(experiment: str, variants: Sequence[tuple[str, Config]], runs
         for members in groups.values():
             # interleaved, so that each part mixes the methods and seeds (their costs differ a little)
             parts = [members[i::workers] for i in range(min(workers, len(members)))]
-            futures = [pool.submit(run_group, [c for _, c in part], [d for d, _ in part], data_root, resume=True,
-                                   progress=False) for part in parts]
+            futures = [pool.submit(_train_part, [c for _, c in part], [d for d, _ in part], data_root)
+                       for part in parts]
             for part, future in zip(parts, futures):
                 future.result()  # re-raises a worker's error here
                 if progress:
                     print(f"{experiment}: trained {', '.join(d.name for d, _ in part)}", flush=True)
     return outs
+
+
+_WORKER_DATA: dict[tuple, tuple] = {}  # in a worker process: the task data of the groups it trained so far
+
+
+def _train_part(configs: list[Config], outs: list[Path], data_root) -> None:
+    """A worker's share of a group. The worker loads each task's data once and keeps it for its next groups."""
+    key = data_key(configs[0])
+    if key not in _WORKER_DATA:
+        _WORKER_DATA[key] = load_task_data(configs[0], data_root, progress=False)
+    run_group(configs, outs, data_root, resume=True, progress=False, prepared=_WORKER_DATA[key])
 
 
 def read_runs(dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -20,6 +20,15 @@ from .files import atomic_text, atomic_write_file
 from .train import finished_runs, load_model, train_group
 
 
+# Every field that load_task_data reads: configurations equal on these get the same data.
+DATA_FIELDS = ("task", "dataset", "folder", "cifar_source", "include_clutter", "image_size", "features",
+               "feature_scaling", "split_seed", "n_queries", "queries_per_class")
+
+
+def data_key(cfg: Config) -> tuple:
+    return tuple(getattr(cfg, f) for f in DATA_FIELDS)
+
+
 def load_task_data(cfg: Config, data_root=None, progress: bool = True):
     """(TrainData, RetrievalData or None) for a configuration."""
     if cfg.task == "retrieval":
@@ -44,11 +53,8 @@ def run_group(configs: Sequence[Config], outs: Sequence[str | Path], data_root=N
     if resume and (done := finished_runs(configs, outs, also)) is not None:
         return done
     train_data, rdata = prepared or load_task_data(configs[0], data_root, progress)
-    for c in configs[1:]:
-        if (c.task, c.dataset, c.features, c.feature_scaling, c.split_seed) != \
-                (configs[0].task, configs[0].dataset, configs[0].features, configs[0].feature_scaling,
-                 configs[0].split_seed):
-            raise ValueError("models of one group must use the same data, features and split")
+    if any(data_key(c) != data_key(configs[0]) for c in configs[1:]):
+        raise ValueError("models of one group must use the same data, features and split")
     extra = None
     if rdata is not None:
         from .retrieval import map_evaluator
