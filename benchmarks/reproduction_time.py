@@ -25,24 +25,28 @@ def main():
     rows = []
     for summary in sorted(Path(args.runs).glob("*/*/summary.json")):
         s = json.loads(summary.read_text())
-        rows.append({"stage": summary.parent.parent.name, "run": summary.parent.name,
-                     "bits": s["config"]["bits"], "group": s.get("group_size", 1), "epochs": s["epochs"],
-                     "wall_s": s["wall_time_s"], "compiled": s["config"].get("compile_step", False)})
+        c = s["config"]
+        # a training process is known by its group's runs; older summaries lack them (then: bits and group size)
+        process = " ".join(s.get("group_runs", [])) or f"{c['bits']}/{s.get('group_size', 1)}"
+        rows.append({"stage": summary.parent.parent.name, "run": summary.parent.name, "process": process,
+                     "bits": c["bits"], "group": s.get("group_size", 1), "epochs": s["epochs"],
+                     "wall_s": s["wall_time_s"], "compiled": c.get("compile_step", False)})
     if not rows:
         raise SystemExit(f"no finished runs under {args.runs}/<stage>/<run>")
     df = pd.DataFrame(rows)
-    # one training process per (stage, bits, group): its wall time is shared by the group's models
-    groups = df.groupby(["stage", "bits", "group", "compiled"]).agg(models=("run", "count"), epochs=("epochs", "max"),
-                                                                    wall_s=("wall_s", "max")).reset_index()
+    # one training process per group: its wall time is shared by the group's models
+    groups = df.groupby(["stage", "process", "bits", "group", "compiled"]).agg(
+        models=("run", "count"), epochs=("epochs", "max"), wall_s=("wall_s", "max")).reset_index()
     groups["s_per_epoch"] = groups["wall_s"] / groups["epochs"]
     groups["paper_epochs"] = [PAPER_EPOCHS.get(s) or e for s, e in zip(groups["stage"], groups["epochs"])]
     groups["paper_s"] = groups["s_per_epoch"] * groups["paper_epochs"]
-    print(groups.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    print(groups.drop(columns="process").to_string(index=False, float_format=lambda v: f"{v:.1f}"))
     by_stage = groups.groupby("stage")["paper_s"].sum()
     print("\npaper-scale CPU time by stage (s):")
     print(by_stage.to_string(float_format=lambda v: f"{v:.0f}"))
     total = by_stage.sum()
-    print(f"\ntotal CPU time {total / 60:.1f} min; on {args.cores} cores at best {total / 60 / args.cores:.1f} min wall")
+    print(f"\ntotal CPU time {total / 60:.1f} min; on {args.cores} cores at best "
+          f"{total / 60 / args.cores:.1f} min wall")
     print("(measured while other jobs shared the cores: an upper bound for a quiet machine)")
 
 

@@ -313,6 +313,7 @@ def train_group(configs: Sequence[Config], data: TrainData, outs: Sequence[str |
             "train_recon_half_sse": train_eval[g][0]["recon_half_sse"],
             "train_recon_mse": train_eval[g][0]["recon_mse"],
             "iterations": steps, "epochs": steps / per_epoch, "group_size": G,
+            "group_runs": [Path(o).name for o in outs],  # the runs trained in lock-step with this one
             "wall_time_s": shared["elapsed"],
             "seconds_per_epoch": shared["elapsed"] / (steps / per_epoch) if steps else None,
             "steps_per_second": steps / shared["elapsed"] if shared["elapsed"] else None,

@@ -188,6 +188,8 @@ def test_groups_dealt_out_to_worker_processes_end_where_one_process_ends(tmp_pat
         size = 2 if a.name.endswith("-short") else 4
         assert json.loads((a / "summary.json").read_text())["group_size"] == size
         assert json.loads((b / "summary.json").read_text())["group_size"] == size // 2  # really split
+        together = json.loads((b / "summary.json").read_text())["group_runs"]
+        assert b.name in together and len(together) == size // 2
         for k, v in weights(a).items():
             torch.testing.assert_close(weights(b)[k], v, rtol=1e-4, atol=1e-5)  # as group against alone (line 43)
     assert not torch.allclose(weights(one[0])["dec0_weight"], weights(one[2])["dec0_weight"])
