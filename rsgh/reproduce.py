@@ -3,8 +3,8 @@
 Each notebook has a parameter set per profile (``paper``: the patents' settings; ``smoke``: a
 few minutes in all, to check the machinery). Executed notebooks are written into ``book/``.
 An entry may name its source notebook (``notebook: NAME``), so one notebook can appear
-several times with different parameters. A notebook whose executed copy already ran with the same parameters and without error is
-skipped unless ``redo``; trained models are reused from their run directories anyway, so a
+several times with different parameters. A notebook whose executed copy already ran to the end with the same parameters, from the
+same cells (an edited notebook runs again), is skipped unless ``redo``; trained models are reused from their run directories anyway, so a
 rerun only redraws. A failure stops the plan with the notebook's name; its partial output is
 kept for inspection.
 """
@@ -28,13 +28,20 @@ def load_plan(path: str | Path) -> dict:
     return plan
 
 
-def _finished_with(path: Path, parameters: dict) -> bool:
-    """Did the executed notebook at ``path`` run to the end with exactly these parameters?"""
+def _cells(nb) -> list[tuple[str, str]]:
+    return [(c.cell_type, c.source) for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+
+
+def finished_with(path: Path, parameters: dict, source: Path) -> bool:
+    """Did the executed notebook at ``path`` run to the end with exactly these parameters, from
+    the cells that the notebook ``source`` holds now (an edited notebook must run again)?"""
     if not path.exists():
         return False
     nb = nbformat.read(path, as_version=4)
     pm = nb.metadata.get("papermill", {})
     if pm.get("exception") or pm.get("parameters") != parameters:
+        return False
+    if _cells(nb) != _cells(nbformat.read(source, as_version=4)):
         return False
     return not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
 
@@ -70,8 +77,9 @@ def run_plan(plan_path: str | Path, profile: str, out_dir: str | Path = ROOT / "
         parameters = dict(entry[profile] or {}, **(extra_parameters or {}))
         source = Path(plan_path).parent / f"{entry.get('notebook', name)}.ipynb"
         target = out_dir / f"{name}.ipynb"
-        if not redo and _finished_with(target, parameters):
-            print(f"[{i}/{len(selected)}] {name}: already executed with these parameters, skipped", flush=True)
+        if not redo and finished_with(target, parameters, source):
+            print(f"[{i}/{len(selected)}] {name}: already executed from this notebook with these parameters, "
+                  "skipped", flush=True)
             records.append({"notebook": name, "status": "skipped", "seconds": 0.0})
             continue
         print(f"[{i}/{len(selected)}] {name}: running ({profile})", flush=True)

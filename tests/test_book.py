@@ -29,6 +29,18 @@ def test_source_notebooks_have_typed_parameters_and_no_outputs():
         assert {"paper", "smoke"} <= set(entry)
 
 
+def test_book_pages_were_executed_from_the_current_notebooks():
+    """Every page of the book ran to the end from its source notebook as it is now, with the
+    parameters of the paper profile. An edited notebook fails here until its page is executed again:
+    ``python -m rsgh reproduce --only <name> --redo``."""
+    from rsgh.reproduce import finished_with
+
+    for name, entry in load_plan(PLAN)["notebooks"].items():
+        source = ROOT / "notebooks" / f"{entry.get('notebook', name)}.ipynb"
+        assert finished_with(ROOT / "book" / f"{name}.ipynb", entry["paper"], source), \
+            f"book/{name}.ipynb is not the current notebooks/{source.name} run with the paper profile"
+
+
 def test_smoke_notebook_and_strict_book_build(tmp_path, mnist_root, monkeypatch):
     monkeypatch.setenv("RSGH_DATA", str(mnist_root))
     book = tmp_path / "book"
