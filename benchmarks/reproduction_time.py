@@ -39,7 +39,8 @@ def main():
         models=("run", "count"), epochs=("epochs", "max"), wall_s=("wall_s", "max")).reset_index()
     groups["s_per_epoch"] = groups["wall_s"] / groups["epochs"]
     groups["paper_epochs"] = [PAPER_EPOCHS.get(s) or e for s, e in zip(groups["stage"], groups["epochs"])]
-    groups["paper_s"] = groups["s_per_epoch"] * groups["paper_epochs"]
+    # a legacy row may hold several processes of one size (models / group of them), each taking wall_s
+    groups["paper_s"] = groups["s_per_epoch"] * groups["paper_epochs"] * -(-groups["models"] // groups["group"])
     print(groups.drop(columns="process").to_string(index=False, float_format=lambda v: f"{v:.1f}"))
     by_stage = groups.groupby("stage")["paper_s"].sum()
     print("\npaper-scale CPU time by stage (s):")
