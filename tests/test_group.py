@@ -39,9 +39,13 @@ def test_group_members_match_lone_runs(tmp_path, blobs):
     for g, cfg in enumerate(configs):
         alone = tmp_path / f"alone{g}"
         train(cfg, TrainData(*blobs), alone, progress=False)
+        # The step-size coupling with the correlation term (last member) amplifies the rounding
+        # difference between the batched and the single products: measured 7e-4 at most on an AMD EPYC
+        # (3e-8 for the others). Its tolerance still fails for a setting 20% off (eta 0.04: 1.1e-2).
+        atol, rtol = (3e-3, 1e-3) if cfg.coupling == "step_sizes" else (1e-5, 1e-4)
         for k, v in weights(alone).items():
-            torch.testing.assert_close(weights(outs[g])[k], v, rtol=1e-4, atol=1e-5)
-        pd.testing.assert_frame_equal(metrics(outs[g]), metrics(alone), rtol=1e-4, check_dtype=False)
+            torch.testing.assert_close(weights(outs[g])[k], v, rtol=rtol, atol=atol)
+        pd.testing.assert_frame_equal(metrics(outs[g]), metrics(alone), rtol=rtol, check_dtype=False)
     # the members really differ from each other
     assert not torch.allclose(weights(outs[0])["dec0_weight"], weights(outs[1])["dec0_weight"])
 
