@@ -22,26 +22,21 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     t0 = time.time()
+
+    def timed(label, work):
+        t = time.time()
+        work()
+        print(f"{label}: {time.time() - t:.0f} s", flush=True)
+
     e2 = ex.retrieval_configs(("e2-sgh", "e2-rsgh"), [128, 64, 32], [args.seed], 200, compile_step=True,
                               cifar_source="auto")
-    stages = {}
     for bits in (128, 64, 32):
-        t = time.time()
-        ex.train_variants("e2", [v for v in e2 if v[1].bits == bits], args.runs, None, progress=False,
-                          workers=args.workers)
-        stages[f"E2 {bits} bits"] = time.time() - t
-        print(f"E2 {bits} bits: {stages[f'E2 {bits} bits']:.0f} s", flush=True)
-    t = time.time()
-    ex.baselines_table(e2[0][1], [32, 64, 128], [args.seed])
-    stages["baselines"] = time.time() - t
-    print(f"baselines: {stages['baselines']:.0f} s", flush=True)
-    t = time.time()
-    ex.train_variants("e1", ex.e1_configs([args.seed], 50, compile_step=True), args.runs, None, progress=False,
-                      workers=args.workers)
-    stages["E1"] = time.time() - t
-    print(f"E1: {stages['E1']:.0f} s", flush=True)
+        timed(f"E2 {bits} bits", lambda: ex.train_variants("e2", [v for v in e2 if v[1].bits == bits], args.runs,
+                                                           None, progress=False, workers=args.workers))
+    timed("baselines", lambda: ex.baselines_table(e2[0][1], [32, 64, 128], [args.seed]))
+    timed("E1", lambda: ex.train_variants("e1", ex.e1_configs([args.seed], 50, compile_step=True), args.runs, None,
+                                          progress=False, workers=args.workers))
     print(f"paper_scale_run_min={(time.time() - t0) / 60:.1f}")
-
 
 if __name__ == "__main__":
     main()

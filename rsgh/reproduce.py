@@ -3,10 +3,10 @@
 Each notebook has a parameter set per profile (``paper``: the patents' settings; ``smoke``: a
 few minutes in all, to check the machinery). Executed notebooks are written into ``book/``.
 An entry may name its source notebook (``notebook: NAME``), so one notebook can appear
-several times with different parameters. A notebook whose executed copy already ran to the end with the same parameters, from the
-same cells (an edited notebook runs again), is skipped unless ``redo``; trained models are reused from their run directories anyway, so a
-rerun only redraws. A failure stops the plan with the notebook's name; its partial output is
-kept for inspection.
+several times with different parameters. A notebook whose executed copy already ran to the end
+with the same parameters, from the same cells (an edited notebook runs again), is skipped unless
+``redo``; trained models are reused from their run directories anyway, so a rerun only redraws.
+A failure stops the plan with the notebook's name; its partial output is kept for inspection.
 """
 
 from __future__ import annotations

@@ -52,9 +52,9 @@ def run_group(configs: Sequence[Config], outs: Sequence[str | Path], data_root=N
     also = ("retrieval.json",) if configs[0].task == "retrieval" else ()
     if resume and (done := finished_runs(configs, outs, also)) is not None:
         return done
-    train_data, rdata = prepared or load_task_data(configs[0], data_root, progress)
     if any(data_key(c) != data_key(configs[0]) for c in configs[1:]):
         raise ValueError("models of one group must use the same data, features and split")
+    train_data, rdata = prepared or load_task_data(configs[0], data_root, progress)
     extra = None
     if rdata is not None:
         from .retrieval import map_evaluator
