@@ -1,31 +1,55 @@
-"""Command line: ``python -m rsgh train --config NAME [NAME ...] [--set key=value ...] --out DIR [DIR ...]``."""
+"""The command line: every subcommand, one ``main``, one error handler.
+
+    python -m rsgh train --config NAME [NAME ...] [--set key=value ...] --out DIR [DIR ...]
+    python -m rsgh summarize RUN [RUN ...]
+    python -m rsgh reproduce [--profile quick] [--out DIR] [--scheduler tcp://HOST:PORT]
+    python -m rsgh encode --model RUN --images PATH --out INDEX
+    python -m rsgh search --index INDEX QUERY_IMAGE ... [--top 10]
+    python -m rsgh evaluate --index INDEX --queries PATH
+
+A mistake of the user's (a bad value, a missing or damaged file, a full disk, a read-only folder)
+is one line on stderr naming the file or value and the fix, with exit status 2; anything else is a
+bug in rsgh: one line too (exit status 3), and its traceback with ``RSGH_DEBUG=1``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 
-from .config import PRESETS, config_help, make_config, parse_overrides
+from .config import PRESETS, Runtime, config_help, make_config, parse_overrides
+from .errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def cmd_train(args) -> int:
-    from .runner import run_group
+    from .train.rundir import RunDir, RunExistsError
+    from .train.task import run_group
 
-    overrides = parse_overrides(args.set or [])
+    overrides, settings = parse_overrides(args.set or [])
     names = args.config or [None]
     if len(names) != len(args.out):
         raise ValueError(f"{len(names)} config(s) but {len(args.out)} --out folder(s): give one --out per config")
-    configs = [make_config(name, overrides) for name in names]
-    summaries = run_group(configs, args.out, args.data_root, resume=args.resume, progress=not args.quiet)
+    configs = [make_config(name, overrides) for name in names]  # every value checked before any folder exists
+    runtime = Runtime(**dict(settings, progress=not args.quiet)).validate()
+    if len(set(map(os.path.abspath, args.out))) != len(args.out):
+        raise RunExistsError("the same --out folder is given twice: give one folder per config")
+    for cfg, out in zip(configs, args.out):
+        RunDir(out).check(cfg, args.resume)
+    summaries = run_group(configs, args.out, args.data_root, runtime, resume=args.resume)
     for out, summary in zip(args.out, summaries):
         final = summary["final"]
         line = {"out": str(out), "recon_mse": final["recon_mse"], "recon_half_sse": final["recon_half_sse"],
                 "active_units_001": final["active_units_001"], "active_units_005": final["active_units_005"],
                 "wall_time_s": round(summary["wall_time_s"], 1)}
-        if "retrieval" in summary:
-            line["map"] = summary["retrieval"]["map"]
+        retrieval = RunDir(out).read_retrieval()
+        if retrieval is not None:
+            line["map"] = retrieval["map"]
         print(json.dumps(line))
     return 0
 
@@ -33,22 +57,23 @@ def cmd_train(args) -> int:
 def cmd_summarize(args) -> int:
     """Final numbers of finished runs, and their curves every ``--every`` evaluations."""
     import pandas as pd
-    from pathlib import Path
 
+    from .train.rundir import RunDir
+
+    if args.every < 0:
+        raise ValueError(f"--every must be 0 (no curves) or a positive number of evaluations, got {args.every}")
     rows, curves = [], {}
-    for run in map(Path, args.runs):
-        if not (run / "summary.json").exists():
-            raise FileNotFoundError(f"{run}/summary.json not found: is {run} a finished run directory?")
-        s = json.loads((run / "summary.json").read_text())
+    for run in map(RunDir, args.runs):
+        s = run.read_summary()
         f = s["final"]
-        rows.append({"run": run.name, "epochs": s["epochs"], "recon_mse": f["recon_mse"],
+        rows.append({"run": run.path.name, "epochs": s["epochs"], "recon_mse": f["recon_mse"],
                      "recon_half_sse": f["recon_half_sse"], "train_half_sse": s["train_recon_half_sse"],
                      "active_001": f["active_units_001"], "active_005": f["active_units_005"],
                      "mean_kl": f["mean_kl"], "bit_corr": f["bit_corr_mean"],
                      "wall_s": s["wall_time_s"], "s_per_epoch": s["seconds_per_epoch"]})
-        m = pd.read_csv(run / "metrics.csv")
-        curves[run.name] = m.iloc[::args.every].set_index("epoch")[["recon_mse", "active_units_001",
-                                                                      "active_units_005"]]
+        if args.every:
+            curves[run.path.name] = run.read_metrics().iloc[::args.every].set_index("epoch")[
+                ["recon_mse", "active_units_001", "active_units_005"]]
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_rows", 500):
         print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         if args.every:
@@ -58,29 +83,72 @@ def cmd_summarize(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from .reproduce import run_plan
+    from .book.reproduce import reproduce
 
-    records = run_plan(args.plan, args.profile, args.out, only=args.only or (), redo=args.redo)
-    total = sum(r["seconds"] for r in records)
-    print(f"{len(records)} notebook(s), {total:.0f} s: " + ", ".join(f"{r['notebook']} {r['status']}" for r in records))
-    if args.build:
-        import subprocess
+    return reproduce(args.profile, out=args.out, plan=args.plan, only=args.only or (), scheduler=args.scheduler,
+                     build=not args.no_build, published=args.published)
 
-        book = Path(args.out)
-        subprocess.run(["jupyter-book", "build", "-W", "-n", "--keep-going", str(book)], check=True)
-        print(f"book: {(book / '_build' / 'html' / 'index.html').resolve()}")
+
+def cmd_encode(args) -> int:
+    from .index.store import encode
+
+    result = encode(args.model, args.images, args.out, progress=not args.quiet, quiet=args.quiet)
+    manifest = result["manifest"]
+    n, k = manifest["count"], manifest["bits"]
+    print(f"index {args.out}: {n:,} images ({manifest['labelled']:,} labelled), {k} bits, "
+          f"{len(manifest['shards'])} shard(s); this encode added {result['added']:,} in {result['seconds']:.1f} s")
+    print(f"memory for the codes: {n:,} x {k} bits / 8 = {manifest['memory_bytes']:,} bytes "
+          f"({_human_bytes(manifest['memory_bytes'])})")
     return 0
 
 
+def cmd_search(args) -> int:
+    from .index.query import TIE_NOTE, search
+
+    results = search(args.index, args.queries, args.top, quiet=args.quiet)
+    count = json.loads((Path(args.index) / "manifest.json").read_text())
+    print(f"# {count['count']:,} indexed images, {count['bits']} bits; {TIE_NOTE}")
+    for r in results:
+        print(f"query {r['query']}: top {len(r['results'])}")
+        width = max(len(h["name"]) for h in r["results"])
+        print(f"  {'rank':>4}  {'distance':>8}  {'name':<{width}}  label")
+        for h in r["results"]:
+            print(f"  {h['rank']:>4}  {h['distance']:>8}  {h['name']:<{width}}  {h['label'] or '-'}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .index.query import evaluate
+
+    s = evaluate(args.index, args.queries, ks=args.k, radius=args.radius, progress=not args.quiet, quiet=args.quiet)
+    print(f"{s['n_queries']:,} queries ({s['query_classes']} classes) against {s['n_database']:,} indexed images "
+          f"({s['index_classes']} classes), {s['bits']} bits")
+    print(f"mAP (exact expectation over the order within Hamming ties): {s['map']:.4f}")
+    for k, v in s["precision_at_k"].items():
+        print(f"precision@{k}: {v:.4f}")
+    if s["ks_dropped"]:
+        print(f"(precision@k not computed for k > {s['n_database']:,}: {', '.join(map(str, s['ks_dropped']))})")
+    print(f"precision within Hamming radius {s['radius']}: {s['precision_within_radius']:.4f}")
+    return 0
+
+
+def _human_bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rsgh", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m rsgh", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     presets = "\n".join(f"  {name}: {', '.join(f'{k}={v}' for k, v in values.items())}"
                         for name, values in PRESETS.items())
     t = sub.add_parser(
         "train", help="train one SGH or R-SGH model into a run directory",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"configs (presets over the defaults):\n{presets}\n\nparameters for --set:\n{config_help()}")
+        epilog=f"configs (presets over the defaults):\n{presets}\n\nparameters for --set (the last four are "
+               f"runtime settings, never part of a run's identity):\n{config_help()}")
     t.add_argument("--config", nargs="+", choices=sorted(PRESETS),
                    help="a preset (the defaults below when omitted); several presets are trained together as "
                         "one group in lock-step, on one stream of batches (they must share the architecture)")
@@ -95,31 +163,107 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("runs", nargs="+", help="run directories")
     s.add_argument("--every", type=int, default=5, help="print the curves every N evaluations (0: none)")
     s.set_defaults(func=cmd_summarize)
-    r = sub.add_parser("reproduce", help="execute the book's notebooks with papermill (notebooks/plan.yml)")
-    r.add_argument("--profile", default="paper", help="parameter set of the plan: paper (default) or smoke")
-    r.add_argument("--plan", default=str(Path(__file__).resolve().parent.parent / "notebooks" / "plan.yml"))
-    r.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "book"),
-                   help="folder of the executed notebooks (the book)")
-    r.add_argument("--only", nargs="+", help="run only these notebooks of the plan")
-    r.add_argument("--redo", action="store_true", help="execute again even when already executed")
-    r.add_argument("--build", action="store_true", help="then build the book strictly (jupyter-book -W -n)")
+    r = sub.add_parser("reproduce", help="re-execute the book's notebooks into a separate folder and compare every "
+                                         "published number (notebooks/plan.yml)")
+    r.add_argument("--profile", default="paper", help="parameter set of the plan: paper (default), quick or smoke")
+    r.add_argument("--out", help="folder of the re-executed book (default: reproduction/<profile>)")
+    r.add_argument("--plan", default=str(ROOT / "notebooks" / "plan.yml"))
+    r.add_argument("--only", nargs="+", help="run only these pages of the plan")
+    r.add_argument("--scheduler", help="a running Dask scheduler (tcp://HOST:PORT; default $RSGH_SCHEDULER, else "
+                                       "a local cluster of one worker per core)")
+    r.add_argument("--published", default=str(ROOT / "book"), help="the published book to compare with")
+    r.add_argument("--no-build", action="store_true", help="do not build the reproduction's book")
     r.set_defaults(func=cmd_reproduce)
-    from .search import add_subcommands
-
-    add_subcommands(sub)  # encode, search, evaluate
+    _add_index_parsers(sub)
     return parser
+
+
+def _add_index_parsers(sub) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    e = sub.add_parser(
+        "encode", help="hash a folder or archive of images into a searchable index (or add to one)",
+        formatter_class=fmt, description=(
+            "Compute each image's code with a trained model, exactly as in training (the run's feature kind,\n"
+            "image size, grey/RGB handling and feature scaling; other sizes and modes are converted and\n"
+            "counted), and store the codes in INDEX (a folder: faiss IndexBinaryFlat shards, name/label lists,\n"
+            "manifest.json, a copy of the model). Encoding onto an existing INDEX adds the images whose names\n"
+            "are not there yet, as a new shard, and refuses a different model or feature pipeline.\n"
+            "Undecodable files are reported and skipped. A kill at any moment leaves the previous index intact."),
+        epilog="labels: an image's label is the name of the folder holding it (PATH/<class>/<image>)")
+    e.add_argument("--model", metavar="RUN_DIR",
+                   help="finished run directory (model.pt, config.json[, feature_scaling.npz]); optional when "
+                        "adding to an existing index (its own copy of the model is used)")
+    e.add_argument("--images", required=True, metavar="PATH",
+                   help="folder of images (flat or <class>/<image>), a .tar/.tar.gz/.zip of one, or one image")
+    e.add_argument("--out", required=True, metavar="INDEX", help="index folder (new, empty, or an existing index)")
+    e.add_argument("--quiet", action="store_true", help="no progress bar and no notes")
+    e.set_defaults(func=cmd_encode)
+
+    s = sub.add_parser(
+        "search", help="nearest indexed images of query images, by Hamming distance",
+        formatter_class=fmt, description=(
+            "Encode each query image with the index's model and print its TOP nearest indexed images:\n"
+            "rank, Hamming distance, file name and label. The search is exact (faiss IndexBinaryFlat);\n"
+            "images at equal distance are listed in insertion order."))
+    s.add_argument("--index", required=True, metavar="INDEX", help="index folder made by encode")
+    s.add_argument("queries", nargs="+", metavar="QUERY_IMAGE", help="image file(s)")
+    s.add_argument("--top", type=int, default=10, metavar="K", help="results per query (default 10)")
+    s.add_argument("--quiet", action="store_true", help="no notes about converted images")
+    s.set_defaults(func=cmd_search)
+
+    v = sub.add_parser(
+        "evaluate", help="mAP, precision@k and radius-2 precision of labelled queries against an index",
+        formatter_class=fmt, description=(
+            "Encode a labelled query collection (PATH/<class>/<image>, folder or archive) and rank the whole\n"
+            "labelled index for each query: mAP (exact expectation over the order within Hamming ties,\n"
+            "rsgh.eval.metrics), precision@k and precision within Hamming radius R. A database image is\n"
+            "relevant to a query when their class folder names are equal."))
+    v.add_argument("--index", required=True, metavar="INDEX", help="index folder made by encode (labelled)")
+    v.add_argument("--queries", required=True, metavar="PATH", help="labelled query images: <class>/<image>")
+    v.add_argument("--k", type=int, nargs="+", default=[100, 500, 1000], help="precision@k (default 100 500 1000)")
+    v.add_argument("--radius", type=int, default=2, help="Hamming radius of the radius precision (default 2)")
+    v.add_argument("--quiet", action="store_true", help="no progress bar and no notes")
+    v.set_defaults(func=cmd_evaluate)
+
+
+# The user's mistakes, said in one line. Everything else is a bug.
+USER_ERRORS = (ValueError, FileNotFoundError, OSError, UserError)
+
+
+def describe(err: BaseException) -> str:
+    """One line for a user-facing error: what went wrong, on which file, and the fix."""
+    if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        if err.errno == errno.ENOSPC:
+            return f"{where}the disk is full; free some space and rerun the same command (train: with --resume)"
+        if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            kind = "on a read-only filesystem" if err.errno == errno.EROFS else "not writable (permission denied)"
+            return f"{where}the folder is {kind}; choose a writable --out (or RSGH_CACHE for the caches)"
+        if err.errno == errno.ENOTDIR:
+            return f"{where}a part of this path is a file, not a folder; choose another path"
+        return f"{where}{err.strerror or err}"
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = os.environ.get("RSGH_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError, TypeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print("interrupted: rerun the same command with --resume to continue", file=sys.stderr)
+        print("interrupted: rerun the same command (train: with --resume) to continue", file=sys.stderr)
         return 130
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        print(f"error: {describe(err)}", file=sys.stderr)
+        return 2
+    except Exception as err:  # a bug in rsgh
+        if debug:
+            raise
+        print(f"internal error ({type(err).__name__}: {' '.join(str(err).split())[:300]}); please report it, "
+              "with the traceback that RSGH_DEBUG=1 shows", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

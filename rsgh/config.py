@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 
 def _f(default, help: str, choices: tuple | None = None):
@@ -34,16 +37,24 @@ class Config:
     features: str = _f("pixels", "inputs of the network: 'pixels' scaled to [0, 1] or 'gist' (GIST-512)",
                        ("pixels", "gist"))
     image_size: int = _f(128, "caltech256 and folder images are resized to image_size x image_size for GIST")
-    feature_scaling: str = _f("none", "'none', or 'standardize' each feature with the training set's mean and "
-                              "standard deviation", ("none", "standardize"))
+    feature_scaling: str = _f("none", "'none'; 'center' (subtract the training set's mean); 'standardize' "
+                              "(and divide by its standard deviation); 'whiten' (PCA-whitened: centred, rotated "
+                              "onto the principal axes, each divided by its standard deviation)",
+                              ("none", "center", "standardize", "whiten"))
     queries_per_class: int = _f(100, "retrieval split: queries drawn per class (used when n_queries = 0)")
     n_queries: int = _f(0, "retrieval split: if > 0, this many uniformly random queries instead")
     split_seed: int = _f(0, "seed of the retrieval split")
+    validation_per_class: int = _f(0, "retrieval: validation queries drawn per class from the database side "
+                                   "(disjoint from the test queries, removed from the database and training "
+                                   "set); all model selection uses them (0: no validation set)")
+    n_validation: int = _f(0, "retrieval with n_queries > 0: this many random validation queries instead")
     # --- network
     arch: str = _f("mlp", "'mlp': M ReLU hidden layers of width K on each side; 'reference': the linear "
                    "SGH of the published code (logits = xW + b, x_hat = (hU)*|s| + m)", ("mlp", "reference"))
     hidden_layers: int = _f(1, "M, hidden layers of width K in the encoder and in the decoder (mlp only)")
-    bits: int = _f(64, "K, code length (also the hidden width)")
+    bits: int = _f(64, "K, code length")
+    hidden_width: int = _f(0, "width of the hidden layers but the last on each side, which is K wide (the tie "
+                           "term needs it); 0: K (the patents)")
     # --- objective
     method: str = _f("rsgh", "'sgh': reconstruction + KL; 'rsgh': adds the tie and redundancy terms", ("sgh", "rsgh"))
     objective: str = _f("elbo", "'elbo': Gaussian reconstruction + KL to Bern(rho) (SPEC 2); 'reference': the "
@@ -79,32 +90,31 @@ class Config:
                        ("shuffle", "replacement"))
     eval_every: int = _f(0, "steps between evaluations and checkpoints; 0 = every eval_epochs epochs")
     eval_epochs: int = _f(1, "epochs between evaluations and checkpoints (when eval_every = 0)")
+    patience: int = _f(0, "stop after this many evaluations without a better validation mAP (0: never stop "
+                       "early); the best checkpoint is kept either way")
     seed: int = _f(0, "seed of the model's initialisation and of its noise xi")
     data_seed: int = _f(0, "seed of the batch order (one stream for a group of models trained together)")
-    threads: int = _f(1, "torch CPU threads (one is fastest for these small networks)")
-    compile_step: bool = _f(False, "torch.compile the whole training step (gradient, Adam and adversary in one "
-                            "graph): about 2x the steps/s of a group on one CPU thread, after a compile of "
-                            "15-60 s; results agree with the eager step to floating-point tolerance, not bit "
-                            "for bit")
-    device: str = _f("auto", "'auto' (CUDA when available), 'cpu' or 'cuda'", ("auto", "cpu", "cuda"))
-
     def validate(self) -> "Config":
+        """This configuration, or a ValueError naming the first field that is wrong and how to fix it."""
+        hints = typing.get_type_hints(Config)
         for f in fields(self):
             value = getattr(self, f.name)
+            _check_type(f.name, value, hints[f.name])
             choices = f.metadata.get("choices")
             if choices and value not in choices:
                 raise ValueError(f"{f.name}={value!r} is not one of {', '.join(choices)}")
-        positive = ["bits", "batch_size", "recon_sigma", "threads", "eval_epochs", "image_size"]
-        for name in positive:
+        for name in ["bits", "batch_size", "recon_sigma", "eval_epochs", "image_size"]:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ["hidden_layers", "epochs", "iterations", "eval_every", "delta", "eta", "lr", "adv_lr",
-                     "queries_per_class", "n_queries",
+        for name in ["hidden_layers", "hidden_width", "epochs", "iterations", "eval_every", "delta", "eta", "lr",
+                     "adv_lr", "queries_per_class", "n_queries", "validation_per_class", "n_validation", "patience",
                      "entropy_weight", "l2_weight", "tau"]:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.prior < 1:
             raise ValueError(f"prior must lie strictly between 0 and 1, got {self.prior}")
+        if self.lr == 0 and self.coupling == "weights":
+            raise ValueError("lr must be > 0 (the model would not learn)")
         if self.epochs == 0 and self.iterations == 0:
             raise ValueError("nothing to train: set epochs > 0 or iterations > 0")
         if self.task == "reconstruction" and self.dataset not in ("mnist", "fashion-mnist"):
@@ -114,6 +124,12 @@ class Config:
             raise ValueError("dataset=folder needs folder=PATH (a root/<class>/<image> folder or archive)")
         if self.task == "retrieval" and self.n_queries == 0 and self.queries_per_class == 0:
             raise ValueError("retrieval needs queries: set queries_per_class > 0 or n_queries > 0")
+        if self.n_validation and not self.n_queries:
+            raise ValueError("n_validation goes with n_queries; with queries per class use validation_per_class")
+        if self.validation_per_class and self.n_queries:
+            raise ValueError("validation_per_class goes with queries_per_class; with n_queries use n_validation")
+        if self.patience and not self.has_validation:
+            raise ValueError("patience stops on the validation mAP: set validation_per_class (or n_validation)")
         if self.objective == "reference" and self.method != "sgh":
             raise ValueError("objective='reference' is the published SGH code: use method=sgh")
         if self.arch == "reference" and self.method == "rsgh":
@@ -124,6 +140,23 @@ class Config:
         if self.coupling == "step_sizes" and self.delta <= 0:
             raise ValueError("coupling='step_sizes' uses delta as the model's learning rate: set delta > 0")
         return self
+
+    @property
+    def has_validation(self) -> bool:
+        return self.task == "retrieval" and (self.validation_per_class > 0 or self.n_validation > 0)
+
+    @property
+    def width(self) -> int:
+        """Width of the hidden layers other than the last on each side."""
+        return self.hidden_width or self.bits
+
+    def identity(self) -> str:
+        """A digest of every field: what the result of this configuration is, whoever computes it."""
+        return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+
+    def run_name(self) -> str:
+        """A run folder's name: readable prefix, then the identity (``rsgh-k64-s0-1a2b3c4d5e``)."""
+        return f"{self.method}-k{self.bits}-s{self.seed}-{self.identity()}"
 
     @property
     def model_lr(self) -> float:
@@ -172,8 +205,55 @@ PRESETS: dict[str, dict] = {
 }
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """How a run is computed, never what it is: not part of a run's identity, so a finished run is
+    reused whatever these were."""
+    threads: int = _f(1, "torch CPU threads (one is fastest for these small networks)")
+    compile_step: bool = _f(False, "torch.compile the whole training step (gradient, Adam and adversary in one "
+                            "graph): about 2x the steps/s of a group on one CPU thread, after a compile of "
+                            "15-60 s; results agree with the eager step to floating-point tolerance, not bit "
+                            "for bit")
+    device: str = _f("auto", "'auto' (CUDA when available), 'cpu' or 'cuda'", ("auto", "cpu", "cuda"))
+    progress: bool = _f(True, "show progress bars")
+
+    def validate(self) -> "Runtime":
+        hints = typing.get_type_hints(Runtime)
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), hints[f.name])
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(f"{f.name}={getattr(self, f.name)!r} is not one of {', '.join(choices)}")
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError("device=cuda but no CUDA device is available here; use device=auto or cpu")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check_type(name: str, value, kind) -> None:
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        raise ValueError(f"{name}={value!r} should be of type {kind.__name__}, not {type(value).__name__}")
+    if kind is float and not math.isfinite(value):
+        raise ValueError(f"{name}={value!r}: must be a finite number")
+
+
+def _field_names(cls) -> list[str]:
+    return [f.name for f in fields(cls)]
+
+
 def _parse_value(name: str, text: str):
-    kind = typing.get_type_hints(Config)[name]
+    cls = Runtime if name in _field_names(Runtime) else Config
+    kind = typing.get_type_hints(cls)[name]
     if kind is bool:
         if text.lower() in ("1", "true", "yes"):
             return True
@@ -181,15 +261,19 @@ def _parse_value(name: str, text: str):
             return False
         raise ValueError(f"--set {name}={text}: expected true or false")
     try:
-        return kind(text)
+        value = kind(text)
     except ValueError:
         raise ValueError(f"--set {name}={text}: expected a value of type {kind.__name__}") from None
+    if kind is float and not math.isfinite(value):
+        raise ValueError(f"--set {name}={text}: must be a finite number")
+    return value
 
 
-def parse_overrides(pairs: list[str]) -> dict:
-    """``["bits=32", "method=sgh"]`` -> typed dict; unknown keys and bad values are errors."""
-    names = [f.name for f in fields(Config)]
-    out = {}
+def parse_overrides(pairs: list[str]) -> tuple[dict, dict]:
+    """``["bits=32", "threads=2"]`` -> (configuration overrides, runtime settings), typed; unknown
+    keys and bad values are errors."""
+    names = _field_names(Config) + _field_names(Runtime)
+    out: tuple[dict, dict] = ({}, {})
     for pair in pairs:
         if "=" not in pair:
             raise ValueError(f"--set {pair!r}: expected key=value")
@@ -199,28 +283,46 @@ def parse_overrides(pairs: list[str]) -> dict:
             close = difflib.get_close_matches(key, names, n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ValueError(f"--set {key}: unknown parameter{hint}; see 'python -m rsgh train --help'")
-        out[key] = _parse_value(key, text.strip())
+        out[key in _field_names(Runtime)][key] = _parse_value(key, text.strip())
     return out
 
 
 def make_config(preset: str | None = None, overrides: dict | None = None) -> Config:
-    """A validated Config from a preset name and overrides."""
+    """A validated Config from a preset name and overrides (a relative ``folder`` is made absolute,
+    so that a run resumed from another directory reads the same images)."""
     base: dict = {}
     if preset is not None:
         if preset not in PRESETS:
             raise ValueError(f"unknown config {preset!r}; known: {', '.join(PRESETS)}")
         base = dict(PRESETS[preset])
-    unknown = set(overrides or {}) - {f.name for f in fields(Config)}
+    unknown = set(overrides or {}) - set(_field_names(Config))
     if unknown:
         raise ValueError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
     base.update(overrides or {})
+    if base.get("folder"):
+        base["folder"] = str(Path(base["folder"]).expanduser().resolve())
     return Config(**base).validate()
+
+
+def config_from_dict(values, where: str) -> Config:
+    """A Config read back from a file (``config.json``, a model): a clear error when it is not one."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a JSON object of configuration fields, got {type(values).__name__}")
+    unknown = set(values) - set(_field_names(Config))
+    if unknown:
+        raise ValueError(f"{where}: unknown configuration field(s) {', '.join(sorted(unknown))} (written by "
+                         "another version of rsgh?)")
+    try:
+        return Config(**values).validate()
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: {err}") from None
 
 
 def config_help() -> str:
     """One line per parameter: name, type, default, help."""
-    hints = typing.get_type_hints(Config)
     lines = []
-    for f in fields(Config):
-        lines.append(f"  {f.name} ({hints[f.name].__name__}, default {f.default!r}): {f.metadata['help']}")
+    for cls in (Config, Runtime):
+        hints = typing.get_type_hints(cls)
+        lines += [f"  {f.name} ({hints[f.name].__name__}, default {f.default!r}): {f.metadata['help']}"
+                  for f in fields(cls)]
     return "\n".join(lines)

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from rsgh import baselines as B
-from rsgh.metrics import mean_average_precision
+from rsgh.eval import baselines as B
+from rsgh.eval.metrics import mean_average_precision
 
 
 @pytest.fixture(scope="module")

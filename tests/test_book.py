@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from rsgh.reproduce import load_plan, run_plan
+from rsgh.book.reproduce import load_plan, run_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAN = ROOT / "notebooks" / "plan.yml"
@@ -33,7 +33,7 @@ def test_book_pages_were_executed_from_the_current_notebooks():
     """Every page of the book ran to the end from its source notebook as it is now, with the
     parameters of the paper profile. An edited notebook fails here until its page is executed again:
     ``python -m rsgh reproduce --only <name> --redo``."""
-    from rsgh.reproduce import finished_with
+    from rsgh.book.reproduce import finished_with
 
     for name, entry in load_plan(PLAN)["notebooks"].items():
         source = ROOT / "notebooks" / f"{entry.get('notebook', name)}.ipynb"

@@ -15,8 +15,39 @@ def test_presets_hold_the_patents_settings():
         ("reference", "reference", 1e-2, 500, 5000, "half", "replacement")
 
 
-def test_overrides_are_typed():
-    assert parse_overrides(["bits=32", "delta=0.5", "method=sgh"]) == {"bits": 32, "delta": 0.5, "method": "sgh"}
+def test_overrides_are_typed_and_runtime_settings_kept_apart():
+    assert parse_overrides(["bits=32", "delta=0.5", "method=sgh"]) == ({"bits": 32, "delta": 0.5, "method": "sgh"}, {})
+    assert parse_overrides(["threads=2", "compile_step=true", "device=cpu", "bits=8"]) == \
+        ({"bits": 8}, {"threads": 2, "compile_step": True, "device": "cpu"})
+
+
+def test_identity_names_the_run_and_ignores_runtime_settings():
+    a = make_config("e2-rsgh")
+    assert a.run_name() == f"rsgh-k64-s0-{a.identity()}" and len(a.identity()) == 10
+    assert make_config("e2-rsgh").identity() == a.identity()  # deterministic
+    assert make_config("e2-rsgh", {"epochs": 199}).identity() != a.identity()  # a changed epochs is a new run
+    assert not {"threads", "compile_step", "device"} & set(a.to_dict())
+
+
+@pytest.mark.parametrize("pair", ["lr=nan", "tau=nan", "recon_sigma=inf", "delta=-inf"])
+def test_non_finite_values_are_refused(pair):
+    with pytest.raises(ValueError, match="finite"):
+        parse_overrides([pair])
+    key, text = pair.split("=")
+    with pytest.raises(ValueError, match="finite"):
+        make_config("e1-rsgh", {key: float(text)})
+
+
+def test_runtime_validation():
+    import torch
+
+    from rsgh.config import Runtime
+
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        Runtime(threads=0).validate()
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            Runtime(device="cuda").validate()
 
 
 @pytest.mark.parametrize("pairs,msg", [

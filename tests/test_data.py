@@ -7,8 +7,8 @@ import struct
 import numpy as np
 import pytest
 
-from rsgh import data
-from rsgh.data import REGISTRY, load_mnist_like, parse_idx, read_idx_file
+from rsgh.data import mnist as data
+from rsgh.data.mnist import REGISTRY, load_mnist_like, parse_idx, read_idx_file
 
 
 def write_idx(array: np.ndarray, type_code: int = 0x08) -> bytes:

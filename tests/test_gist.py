@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rsgh.gist import GistParams, _gist, gist
+from rsgh.data.gist import GistParams, _gist, gist
 
 skdata = pytest.importorskip("skimage.data")
 torchgist = pytest.importorskip("torchgist.models.models")
@@ -44,7 +44,7 @@ def rel_err(ours, ref) -> float:
 ])
 def test_agrees_with_torchgist(name, size):
     img = photo(name, size)
-    ours = gist(img[None], device="cpu")
+    ours = gist(img[None])
     assert ours.shape == (1, 512) and ours.dtype == np.float32
     assert rel_err(ours[0], reference(img)) < RTOL
 
@@ -61,7 +61,7 @@ def test_image_size_resizes_like_torch_interpolate():
     """image_size resizes the grey image with torch bilinear + antialias; torchgist fed the
     same resize of the RGB image (resize and channel mean commute) must agree."""
     img = photo("coffee")[::6, ::6]  # 67 x 100, not square
-    ours = gist(img[None], image_size=(32, 32), device="cpu")[0]
+    ours = gist(img[None], image_size=(32, 32))[0]
     chw = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float()[None]
     small = F.interpolate(chw, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)[0]
     with torch.no_grad():
@@ -78,33 +78,33 @@ def batch():
 
 
 def test_batch_independence(batch):
-    together = gist(batch, device="cpu")
+    together = gist(batch)
     for i in (0, 3, 7):
-        alone = gist(batch[i:i + 1], device="cpu")[0]
+        alone = gist(batch[i:i + 1])[0]
         np.testing.assert_allclose(together[i], alone, rtol=1e-5, atol=1e-7)
 
 
 def test_batch_size_invariance(batch):
-    full = gist(batch, device="cpu")
+    full = gist(batch)
     for bs in (1, 4):
-        np.testing.assert_allclose(gist(batch, batch_size=bs, device="cpu"), full, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(gist(batch, batch_size=bs), full, rtol=1e-5, atol=1e-7)
 
 
 def test_torch_tensor_and_grey_input(batch):
-    np.testing.assert_allclose(gist(torch.from_numpy(batch[:2]), device="cpu"), gist(batch[:2], device="cpu"))
+    np.testing.assert_allclose(gist(torch.from_numpy(batch[:2])), gist(batch[:2]))
     grey = photo("camera", 32)
     rgb = np.repeat(grey[..., None], 3, axis=-1)
-    np.testing.assert_allclose(gist(grey[None], device="cpu"), gist(rgb[None], device="cpu"), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(gist(grey[None]), gist(rgb[None]), rtol=1e-6, atol=1e-8)
 
 
 def test_constant_image_gives_zeros():
-    out = gist(np.full((2, 32, 32, 3), 7, np.uint8), device="cpu")
+    out = gist(np.full((2, 32, 32, 3), 7, np.uint8))
     assert np.all(out == 0)
 
 
 def test_non_square_and_other_parameters():
     img = photo("rocket")[::8, ::8]  # 54 x 80
-    out = gist(img[None], orientations_per_scale=(8, 4), number_blocks=3, device="cpu")
+    out = gist(img[None], orientations_per_scale=(8, 4), number_blocks=3)
     assert out.shape == (1, 12 * 9) and np.all(np.isfinite(out)) and out.min() > 0
 
 
@@ -122,7 +122,7 @@ def test_non_square_and_other_parameters():
 ])
 def test_bad_inputs(images, msg):
     with pytest.raises(ValueError, match=msg):
-        gist(images, device="cpu")
+        gist(images)
 
 
 @pytest.mark.parametrize("kw,msg", [
@@ -136,7 +136,7 @@ def test_bad_inputs(images, msg):
 ])
 def test_bad_parameters(kw, msg):
     with pytest.raises(ValueError, match=msg):
-        gist(np.zeros((1, 32, 32, 3), np.uint8), device="cpu", **kw)
+        gist(np.zeros((1, 32, 32, 3), np.uint8), **kw)
 
 
 def test_params_key():
@@ -150,7 +150,7 @@ def test_params_key():
 
 def test_feature_cache_is_keyed_on_the_code(tmp_path, monkeypatch):
     """Features computed by another version of gist.py are not reused."""
-    from rsgh import features
+    from rsgh.data import features
 
     monkeypatch.setenv("RSGH_CACHE", str(tmp_path))
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32), dtype=np.uint8)

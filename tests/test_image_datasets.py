@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rsgh import image_datasets as ids
-from rsgh.image_datasets import (CIFAR10_CLASSES, ImageDatasetWarning, Split, cifar10_jpeg_index,
-                                 load_caltech256, load_cifar10, load_image_folder, retrieval_split)
+from rsgh.data import archives, cifar10, collections
+from rsgh.data.archives import ImageDatasetWarning
+from rsgh.data.cifar10 import CIFAR10_CLASSES, cifar10_jpeg_index, load_cifar10
+from rsgh.data.collections import load_caltech256, load_image_folder
+from rsgh.data.split import Split, retrieval_split
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -56,7 +58,7 @@ def cifar_python_tar(path: Path, per_batch: int = 4, seed: int = 0) -> dict:
     with tarfile.open(path, "w:gz") as tf:
         meta = {b"label_names": [c.encode() for c in CIFAR10_CLASSES], b"num_vis": 3072}
         add_bytes(tf, "cifar-10-batches-py/batches.meta", pickle.dumps(meta, protocol=2))
-        for name in ids.CIFAR10_BATCHES[::-1]:  # stored out of order on purpose
+        for name in cifar10.CIFAR10_BATCHES[::-1]:  # stored out of order on purpose
             data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
             labels = [int(v) for v in rng.integers(0, 10, per_batch)]
             files = [f"{name}_img{i}.png".encode() for i in range(per_batch)]
@@ -110,14 +112,14 @@ def caltech_tar(path: Path) -> dict:
 
 
 def test_cifar_python_archive_read_back_exactly(tmp_path):
-    batches = cifar_python_tar(tmp_path / ids.CIFAR10_FILE)
+    batches = cifar_python_tar(tmp_path / cifar10.CIFAR10_FILE)
     with pytest.warns(ImageDatasetWarning, match="not the official"):
         s = load_cifar10(tmp_path, source="official", download=False, verify=False)
     assert s.images.shape == (24, 32, 32, 3) and s.images.dtype == np.uint8
     assert s.labels.dtype == np.int64 and s.class_names == list(CIFAR10_CLASSES)
     # order: data_batch_1..5 then test_batch; pixel (r, c) of channel k is data[k * 1024 + r * 32 + c]
     i = 0
-    for name in ids.CIFAR10_BATCHES:
+    for name in cifar10.CIFAR10_BATCHES:
         data, labels, files = batches[name]
         for j in range(len(labels)):
             for k in range(3):
@@ -126,12 +128,12 @@ def test_cifar_python_archive_read_back_exactly(tmp_path):
             assert s.labels[i] == labels[j] and s.names[i] == f"{name}/{files[j].decode()}"
             i += 1
     assert s.source.startswith("CIFAR-10 (non-official archive") and s.source != "CIFAR-10"
-    assert s.checksum == ids.file_md5(tmp_path / ids.CIFAR10_FILE)
+    assert s.checksum == archives.file_md5(tmp_path / cifar10.CIFAR10_FILE)
 
 
-@pytest.mark.filterwarnings("ignore::rsgh.image_datasets.ImageDatasetWarning")
+@pytest.mark.filterwarnings("ignore::rsgh.data.archives.ImageDatasetWarning")
 def test_cifar_python_limit_per_class_takes_first_of_train_and_test(tmp_path):
-    cifar_python_tar(tmp_path / ids.CIFAR10_FILE, per_batch=12)
+    cifar_python_tar(tmp_path / cifar10.CIFAR10_FILE, per_batch=12)
     full = load_cifar10(tmp_path, source="official", download=False, verify=False)
     few = load_cifar10(tmp_path, source="official", download=False, verify=False, limit_per_class=1)
     is_test = np.array([n.startswith("test_batch/") for n in full.names])
@@ -143,19 +145,19 @@ def test_cifar_python_limit_per_class_takes_first_of_train_and_test(tmp_path):
 
 
 def test_cifar_md5_mismatch_names_expected_and_got(tmp_path):
-    cifar_python_tar(tmp_path / ids.CIFAR10_FILE)
-    got = ids.file_md5(tmp_path / ids.CIFAR10_FILE)
+    cifar_python_tar(tmp_path / cifar10.CIFAR10_FILE)
+    got = archives.file_md5(tmp_path / cifar10.CIFAR10_FILE)
     with pytest.raises(ValueError) as err:
         load_cifar10(tmp_path, source="official", download=False)
-    assert ids.CIFAR10_MD5 in str(err.value) and got in str(err.value) and "expected" in str(err.value)
-    cifar_jpeg_tar(tmp_path / ids.CIFAR10_JPEG_FILE)
-    with pytest.raises(ValueError, match=ids.CIFAR10_JPEG_MD5):
+    assert cifar10.CIFAR10_MD5 in str(err.value) and got in str(err.value) and "expected" in str(err.value)
+    cifar_jpeg_tar(tmp_path / cifar10.CIFAR10_JPEG_FILE)
+    with pytest.raises(ValueError, match=cifar10.CIFAR10_JPEG_MD5):
         load_cifar10(tmp_path, source="jpeg")
 
 
 def test_cifar_truncated_archives(tmp_path):
-    for build, name, source in ((cifar_python_tar, ids.CIFAR10_FILE, "official"),
-                                (cifar_jpeg_tar, ids.CIFAR10_JPEG_FILE, "jpeg")):
+    for build, name, source in ((cifar_python_tar, cifar10.CIFAR10_FILE, "official"),
+                                (cifar_jpeg_tar, cifar10.CIFAR10_JPEG_FILE, "jpeg")):
         path = tmp_path / name
         build(path)
         raw = path.read_bytes()
@@ -174,22 +176,22 @@ def test_cifar_missing_files_message(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
         load_cifar10(tmp_path, download=False)
     msg = str(err.value)
-    for part in (str(tmp_path / ids.CIFAR10_FILE), str(tmp_path / ids.CIFAR10_JPEG_FILE), ids.CIFAR10_URL,
+    for part in (str(tmp_path / cifar10.CIFAR10_FILE), str(tmp_path / cifar10.CIFAR10_JPEG_FILE), cifar10.CIFAR10_URL,
                  "--data-root", "RSGH_DATA"):
         assert part in msg
     with pytest.raises(FileNotFoundError, match="RSGH_DATA"):
         load_cifar10(tmp_path, source="jpeg")
-    cifar_jpeg_tar(tmp_path / ids.CIFAR10_JPEG_FILE)
+    cifar_jpeg_tar(tmp_path / cifar10.CIFAR10_JPEG_FILE)
     with pytest.raises(FileNotFoundError) as err:
         load_cifar10(tmp_path, source="official", download=False)
     msg = str(err.value)
-    assert str(tmp_path / ids.CIFAR10_FILE) in msg and ids.CIFAR10_URL in msg and "source='jpeg'" in msg
+    assert str(tmp_path / cifar10.CIFAR10_FILE) in msg and cifar10.CIFAR10_URL in msg and "source='jpeg'" in msg
     with pytest.raises(ValueError, match="source must be"):
         load_cifar10(tmp_path, source="cifar")
 
 
 def test_cifar_cache_and_md5_memo(tmp_path, monkeypatch):
-    cifar_python_tar(tmp_path / ids.CIFAR10_FILE)
+    cifar_python_tar(tmp_path / cifar10.CIFAR10_FILE)
     with pytest.warns(ImageDatasetWarning):
         first = load_cifar10(tmp_path, source="official", verify=False)
     cached = list((tmp_path / "derived").glob("cifar10-official-*.npz"))
@@ -203,8 +205,8 @@ def test_cifar_cache_and_md5_memo(tmp_path, monkeypatch):
     def no_hashing(*args, **kw):
         raise AssertionError("the md5 should come from the memo")
 
-    monkeypatch.setattr(ids, "_read_cifar_batches", no_decoding)
-    monkeypatch.setattr(ids.hashlib, "md5", no_hashing)
+    monkeypatch.setattr(cifar10, "_read_cifar_batches", no_decoding)
+    monkeypatch.setattr(archives.hashlib, "md5", no_hashing)
     with pytest.warns(ImageDatasetWarning):
         second = load_cifar10(tmp_path, source="official", verify=False)
     np.testing.assert_array_equal(first.images, second.images)
@@ -217,7 +219,7 @@ def test_cifar_cache_and_md5_memo(tmp_path, monkeypatch):
 
 
 def test_cifar_jpeg_layout(tmp_path):
-    cifar_jpeg_tar(tmp_path / ids.CIFAR10_JPEG_FILE)
+    cifar_jpeg_tar(tmp_path / cifar10.CIFAR10_JPEG_FILE)
     with pytest.warns(ImageDatasetWarning):
         s = load_cifar10(tmp_path, verify=False)  # auto: no official archive, so the JPEG copy
     assert s.images.shape == (30, 32, 32, 3) and s.images.dtype == np.uint8
@@ -234,8 +236,8 @@ def test_cifar_jpeg_layout(tmp_path):
 
 
 def test_auto_prefers_the_official_archive(tmp_path):
-    cifar_jpeg_tar(tmp_path / ids.CIFAR10_JPEG_FILE)
-    cifar_python_tar(tmp_path / ids.CIFAR10_FILE)
+    cifar_jpeg_tar(tmp_path / cifar10.CIFAR10_JPEG_FILE)
+    cifar_python_tar(tmp_path / cifar10.CIFAR10_FILE)
     with pytest.warns(ImageDatasetWarning):
         s = load_cifar10(tmp_path, verify=False)
     assert "JPEG" not in s.source and s.names[0].startswith("data_batch_1/")
@@ -248,13 +250,13 @@ def test_auto_prefers_the_official_archive(tmp_path):
     ({"train/cat/0099.jpg": b"not a jpeg"}, "not a decodable image"),
 ])
 def test_cifar_jpeg_bad_layouts(tmp_path, extra, match):
-    cifar_jpeg_tar(tmp_path / ids.CIFAR10_JPEG_FILE, extra=extra)
+    cifar_jpeg_tar(tmp_path / cifar10.CIFAR10_JPEG_FILE, extra=extra)
     with pytest.warns(ImageDatasetWarning), pytest.raises(ValueError, match=match):
         load_cifar10(tmp_path, source="jpeg", verify=False)
 
 
 def test_cifar_jpeg_missing_class(tmp_path):
-    path = tmp_path / ids.CIFAR10_JPEG_FILE
+    path = tmp_path / cifar10.CIFAR10_JPEG_FILE
     with tarfile.open(path, "w:gz") as tf:
         add_bytes(tf, "train/cat/0000.jpg", encode(flat(32, 32, (1, 2, 3))))
     with pytest.warns(ImageDatasetWarning), pytest.raises(ValueError, match="no images in train/airplane"):
@@ -326,7 +328,7 @@ def test_image_folder_archives_match_the_folder(tmp_path, kind):
     assert from_archive.names == ["top/" + n for n in from_folder.names]
     np.testing.assert_array_equal(from_archive.images, from_folder.images)
     assert from_archive.class_names == from_folder.class_names
-    assert from_archive.checksum == ids.file_md5(archive)
+    assert from_archive.checksum == archives.file_md5(archive)
 
 
 def test_image_folder_errors(tmp_path):
@@ -353,7 +355,7 @@ def test_image_folder_errors(tmp_path):
 
 
 def test_caltech_synthetic_archive(tmp_path):
-    shapes = caltech_tar(tmp_path / ids.CALTECH256_FILE)
+    shapes = caltech_tar(tmp_path / collections.CALTECH256_FILE)
     with pytest.warns(ImageDatasetWarning, match="not the official Caltech-256"):
         s = load_caltech256(tmp_path)
     assert s.class_names == ["ak47", "american-flag", "backpack"]
@@ -371,16 +373,16 @@ def test_caltech_synthetic_archive(tmp_path):
     assert c.class_names == ["ak47", "american-flag", "backpack", "clutter"]
     assert c.images.shape == (6, 16, 20, 3) and c.labels.tolist() == [0, 0, 1, 1, 2, 3]
     assert c.source.startswith("Caltech-256 (with clutter, non-official archive")
-    assert c.checksum == s.checksum == ids.file_md5(tmp_path / ids.CALTECH256_FILE)
+    assert c.checksum == s.checksum == archives.file_md5(tmp_path / collections.CALTECH256_FILE)
 
 
 def test_caltech_official_size_is_md5_checked(tmp_path, monkeypatch):
-    path = tmp_path / ids.CALTECH256_FILE
+    path = tmp_path / collections.CALTECH256_FILE
     caltech_tar(path)
-    monkeypatch.setattr(ids, "CALTECH256_SIZE", path.stat().st_size)
-    with pytest.raises(ValueError, match=f"expected {ids.CALTECH256_MD5}"):
+    monkeypatch.setattr(collections, "CALTECH256_SIZE", path.stat().st_size)
+    with pytest.raises(ValueError, match=f"expected {collections.CALTECH256_MD5}"):
         load_caltech256(tmp_path)
-    monkeypatch.setattr(ids, "CALTECH256_MD5", ids.file_md5(path))
+    monkeypatch.setattr(collections, "CALTECH256_MD5", archives.file_md5(path))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the official archive loads without warnings
         s = load_caltech256(tmp_path, include_clutter=True)
@@ -391,9 +393,9 @@ def test_caltech_official_size_is_md5_checked(tmp_path, monkeypatch):
 def test_caltech_missing_truncated_and_bad_layout(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
         load_caltech256(tmp_path)
-    assert ids.CALTECH256_URL in str(err.value) and str(tmp_path / ids.CALTECH256_FILE) in str(err.value)
+    assert collections.CALTECH256_URL in str(err.value) and str(tmp_path / collections.CALTECH256_FILE) in str(err.value)
     assert "RSGH_DATA" in str(err.value)
-    path = tmp_path / ids.CALTECH256_FILE
+    path = tmp_path / collections.CALTECH256_FILE
     caltech_tar(path)
     raw = path.read_bytes()
     with tarfile.open(path) as tf:
@@ -419,14 +421,14 @@ def test_tar_reader_pax_names_and_git_archive_comment(tmp_path):
         add_bytes(tf, "x/one.bin", b"1" * 700)
         add_bytes(tf, "x/two.bin", b"")
         add_bytes(tf, "x/" + "y" * 120 + ".bin", b"long name: a pax header")
-    with ids._open_reader(path) as reader:
+    with archives.open_reader(path) as reader:
         assert sorted(reader.names()) == sorted(["x/one.bin", "x/two.bin", "x/" + "y" * 120 + ".bin"])
         assert dict(reader.read(reader.names()))["x/one.bin"] == b"1" * 700
     with tarfile.open(path, "w") as tf:
         tf.pax_headers = {"comment": "like git archive"}
         add_bytes(tf, "x/one.bin", b"1" * 700)
         add_bytes(tf, "x/two.bin", b"22")
-    with ids._open_reader(path) as reader:
+    with archives.open_reader(path) as reader:
         assert reader.names() == ["x/one.bin", "x/two.bin"]
         assert dict(reader.read(["x/two.bin", "x/one.bin"])) == {"x/one.bin": b"1" * 700, "x/two.bin": b"22"}
 
@@ -494,10 +496,10 @@ def test_split_errors(labels, kw, match):
 
 def _real_root() -> Path | None:
     root = Path(os.environ.get("RSGH_DATA") or SHARED_DATA)
-    return root if (root / ids.CIFAR10_JPEG_FILE).is_file() else None
+    return root if (root / cifar10.CIFAR10_JPEG_FILE).is_file() else None
 
 
-@pytest.mark.skipif(_real_root() is None, reason=f"the CIFAR-10 JPEG copy {ids.CIFAR10_JPEG_FILE} is not in "
+@pytest.mark.skipif(_real_root() is None, reason=f"the CIFAR-10 JPEG copy {cifar10.CIFAR10_JPEG_FILE} is not in "
                     "$RSGH_DATA or ../shared/data")
 def test_real_cifar10_jpeg_copy():
     root = _real_root()
@@ -512,7 +514,7 @@ def test_real_cifar10_jpeg_copy():
     assert index[0][0] == "train/airplane/0000.jpg" and index[-1][0] == "test/truck/0999.jpg"
 
     s = load_cifar10(root, source="jpeg", limit_per_class=2, download=False)
-    assert s.source == "CIFAR-10 (JPEG copy)" and s.checksum == ids.CIFAR10_JPEG_MD5
+    assert s.source == "CIFAR-10 (JPEG copy)" and s.checksum == cifar10.CIFAR10_JPEG_MD5
     assert s.images.shape == (40, 32, 32, 3) and s.images.dtype == np.uint8
     assert s.class_names == list(CIFAR10_CLASSES)
     assert s.labels.tolist() == [c for _ in range(2) for c in range(10) for _ in range(2)]
@@ -534,7 +536,7 @@ def test_cifar_download_is_attempted_when_online(tmp_path, monkeypatch):
     monkeypatch.setattr(pooch, "retrieve", offline)
     with pytest.raises(FileNotFoundError, match="no download"):
         load_cifar10(tmp_path)
-    assert calls == [(ids.CIFAR10_URL, f"md5:{ids.CIFAR10_MD5}", ids.CIFAR10_FILE, tmp_path)]
+    assert calls == [(cifar10.CIFAR10_URL, f"md5:{cifar10.CIFAR10_MD5}", cifar10.CIFAR10_FILE, tmp_path)]
 
     def fetch(url, known_hash, fname, path, progressbar):
         cifar_python_tar(Path(path) / fname)

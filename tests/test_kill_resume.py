@@ -10,7 +10,7 @@ import time
 import pandas as pd
 import torch
 
-from rsgh.train import CHECKPOINT, PREVIOUS, _load_checkpoints
+from rsgh.train.rundir import CHECKPOINT, PREVIOUS, RunDir
 
 ITERATIONS, EVAL_EVERY = 400, 100
 
@@ -23,7 +23,7 @@ def train_cmd(out, data_root, *extra):
 
 def checkpoint_iteration(run) -> int:
     try:
-        return torch.load(run / CHECKPOINT, map_location="cpu", weights_only=False)["state"]["iteration"]
+        return torch.load(run / CHECKPOINT, map_location="cpu", weights_only=True)["state"]["iteration"]
     except Exception:  # not there yet (or being replaced right now)
         return -1
 
@@ -50,8 +50,8 @@ def test_sigkill_then_resume_gives_bit_identical_weights(tmp_path, mnist_root):
     assert resumed.returncode == 0, resumed.stderr
     assert ref.wait() == 0, ref.stderr.read()
 
-    a = torch.load(reference / "model.pt", map_location="cpu", weights_only=False)["state_dict"]
-    b = torch.load(victim / "model.pt", map_location="cpu", weights_only=False)["state_dict"]
+    a = torch.load(reference / "model.pt", map_location="cpu", weights_only=True)["state_dict"]
+    b = torch.load(victim / "model.pt", map_location="cpu", weights_only=True)["state_dict"]
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), f"{name} differs after kill at iteration {killed_at} and resume"
@@ -64,7 +64,8 @@ SLOW_WRITER = textwrap.dedent("""
     import io, os, sys, time
     from pathlib import Path
     import torch
-    import rsgh.train as train
+    from rsgh import files
+    from rsgh.train.rundir import RunDir
 
     def slow(write_all):
         # writes half of the bytes, says so, then waits to be killed
@@ -82,11 +83,11 @@ SLOW_WRITER = textwrap.dedent("""
 
     out = Path(sys.argv[2])
     if sys.argv[1] == "atomic_write":
-        train.atomic_write(out / "file.bin", slow(lambda fh: fh.write(b"new" * 100_000)))
-    else:  # a checkpoint: _save_checkpoint moves the current one aside, then writes the new one
+        files.atomic_write(out / "file.bin", slow(lambda fh: fh.write(b"new" * 100_000)))
+    else:  # a checkpoint: save_checkpoint moves the current one aside, then writes the new one
         real_save = torch.save
         torch.save = lambda obj, path: slow(lambda fh: real_save(obj, fh))(path)
-        train._save_checkpoint(out, {"state": {"iteration": 999}, "weights": torch.ones(50_000)})
+        RunDir(out).save_checkpoint({"state": {"iteration": 999}, "weights": torch.ones(50_000)})
 """)
 
 
@@ -117,6 +118,6 @@ def test_sigkill_while_a_checkpoint_is_written_keeps_the_previous_one(tmp_path):
     saved = (tmp_path / CHECKPOINT).read_bytes()
     kill_when_half_written("checkpoint", tmp_path)
     assert (tmp_path / PREVIOUS).read_bytes() == saved  # moved aside intact
-    (ckpt,) = _load_checkpoints([tmp_path], "cpu")  # what --resume would load
+    (ckpt,) = RunDir(tmp_path).checkpoints("cpu").values()  # what --resume would load
     assert ckpt["state"]["iteration"] == 400 and torch.equal(ckpt["weights"], old["weights"])
     assert not (tmp_path / CHECKPOINT).exists()  # never a half-written file under the real name

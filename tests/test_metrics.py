@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from rsgh import metrics as M
+from rsgh.eval import metrics as M
 
 
 # ----------------------------------------------------------------------------- brute force

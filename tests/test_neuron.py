@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from rsgh.config import make_config
-from rsgh.model import HashModel
-from rsgh.neuron import binary_sample, flip_differences, hash_codes
-from rsgh.objective import GroupSpec, bernoulli_kl, compute_loss
+from rsgh.method.model import HashModel
+from rsgh.method.neuron import binary_sample, flip_differences, hash_codes
+from rsgh.method.objective import GroupSpec, bernoulli_kl, compute_loss
 
 
 

@@ -6,8 +6,8 @@ import torch
 from torch.distributions import Bernoulli, kl_divergence
 
 from rsgh.config import make_config
-from rsgh.model import HashModel
-from rsgh.objective import GroupSpec, adversary_step, bernoulli_kl, compute_loss, redundancy_degree
+from rsgh.method.model import HashModel
+from rsgh.method.objective import GroupSpec, adversary_step, bernoulli_kl, compute_loss, redundancy_degree
 
 
 @pytest.mark.parametrize("prior", [0.5, 0.2, 0.9])

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rsgh import report
+from rsgh.book import figures as report
 
 
 @pytest.mark.parametrize("shared_legend", [False, True])

@@ -1,4 +1,6 @@
-"""The retrieval pipeline end to end on a small labelled image folder made here."""
+"""The retrieval pipeline end to end on a small labelled image folder made here: the split with its
+validation queries, what training looks at, what a run folder holds, and the book's experiment
+helpers."""
 
 import json
 
@@ -8,11 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from rsgh import experiments as ex
+from rsgh.book import experiments as ex
+from rsgh.book import notebook as nbk
+from rsgh.book import tables
 from rsgh.config import make_config
-from rsgh.metrics import mean_average_precision
-from rsgh.runner import load_task_data, run_group
-from rsgh.train import load_model
+from rsgh.data.split import Split, retrieval_split
+from rsgh.data.task import load_task_data
+from rsgh.eval.metrics import mean_average_precision
+from rsgh.train.rundir import RunDir, load_model
+from rsgh.train.task import run_group
 
 
 @pytest.fixture
@@ -31,94 +37,164 @@ def folder(tmp_path):
 
 def cfg(folder, **kw):
     base = dict(task="retrieval", dataset="folder", folder=str(folder), features="pixels", hidden_layers=1,
-                bits=16, batch_size=16, epochs=4, queries_per_class=5, device="cpu")
+                bits=16, batch_size=16, epochs=4, eval_epochs=1, queries_per_class=5)
     base.update(kw)
     return make_config("e2-rsgh", base)
 
 
-def test_retrieval_run_directory(tmp_path, folder):
-    c = cfg(folder, feature_scaling="standardize")
-    train_data, rdata = load_task_data(c)
-    assert len(rdata.query) == 20 and len(rdata.database) == 140
-    assert np.allclose(rdata.features[rdata.database].mean(0), 0, atol=1e-5)
+def test_validation_queries_are_carved_from_the_database_and_leave_the_test_queries_alone():
+    labels = np.repeat(np.arange(5), 30)
+    plain = retrieval_split(labels, per_class=4, seed=3)
+    split = retrieval_split(labels, per_class=4, seed=3, validation_per_class=6)
+    assert np.array_equal(split.query, plain.query)  # the same test queries with or without validation
+    assert not set(split.validation) & set(split.query)
+    assert np.bincount(labels[split.validation]).tolist() == [6] * 5
+    assert np.array_equal(np.sort(np.concatenate([split.query, split.validation, split.database])), np.arange(150))
+    random = retrieval_split(labels, n_queries=20, n_validation=10, seed=1)
+    assert len(random.validation) == 10 and not set(random.validation) & set(random.query)
+    with pytest.raises(ValueError, match="validation queries are drawn like the test queries"):
+        retrieval_split(labels, per_class=4, n_validation=3)
+
+
+def test_a_saved_split_round_trips_and_a_broken_one_is_refused(tmp_path):
+    split = retrieval_split(np.repeat(np.arange(3), 10), per_class=2, validation_per_class=2)
+    split.save(tmp_path / "split.json")
+    back = Split.load(tmp_path / "split.json")
+    assert np.array_equal(back.validation, split.validation) and np.array_equal(back.database, split.database)
+    doc = json.loads((tmp_path / "split.json").read_text())
+    doc["validation"] = doc["validation"][:-1]
+    (tmp_path / "split.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="not sorted disjoint sets"):
+        Split.load(tmp_path / "split.json")
+
+
+def test_real_mnist_split_keeps_test_and_validation_apart(mnist_root):
+    """On the real 70,000 labels: the study's validation queries never touch the test queries, and
+    neither is in the database (the training set)."""
+    data = load_task_data(make_config("e2-rsgh", dict(dataset="mnist", features="pixels", feature_scaling="none",
+                                                      validation_per_class=100)), mnist_root, progress=False)
+    r = data.retrieval
+    assert len(r.split.query) == len(r.split.validation) == 1000 and len(r.split.database) == 68000
+    assert not set(r.split.query) & set(r.split.validation)
+    assert not (set(r.split.query) | set(r.split.validation)) & set(r.split.database)
+    assert np.bincount(r.y("validation")).tolist() == [100] * 10
+    assert data.train_x.shape == (68000, 784) and np.array_equal(data.eval_x, r.x("validation"))
+
+
+def test_retrieval_run_folder_holds_the_split_scaling_and_results(tmp_path, folder):
+    c = cfg(folder, feature_scaling="standardize", validation_per_class=5)
     out = tmp_path / "run"
-    run_group([c], [out], prepared=(train_data, rdata), progress=False)
-    report = json.loads((out / "retrieval.json").read_text())
-    m = pd.read_csv(out / "metrics.csv")
-    assert "map" in m.columns and m["map"].iloc[-1] == pytest.approx(report["map"])
-    # the reported mAP is that of the saved model's codes, recomputed here
+    run_group([c], [out])
+    run = RunDir(out)
+    assert {"retrieval.json", "retrieval_best.json", "split.json", "feature_scaling.npz", "best.pt"} <= \
+        {p.name for p in out.iterdir()}
+    split = run.read_split()
+    assert len(split.query) == len(split.validation) == 20 and len(split.database) == 120
+    assert run.read_retrieval()["source"].startswith("image folder")
+    assert run.read_retrieval()["n_database"] == 120
+
+
+def test_training_looks_at_the_validation_queries_only(tmp_path, folder):
+    """With a validation set, metrics.csv holds the validation mAP (no test mAP), best.pt is the model
+    of the best validation evaluation, and retrieval_best.json is its test mAP, recomputed here."""
+    c = cfg(folder, feature_scaling="standardize", validation_per_class=5)
+    run_group([c], [tmp_path / "run"])
+    run, r = RunDir(tmp_path / "run"), load_task_data(c).retrieval
+    m = run.read_metrics()
+    assert "val_map" in m.columns and "map" not in m.columns
+    best_row = m.loc[m["val_map"].idxmax()]
+    summary = run.read_summary()
+    assert summary["best"]["best_epoch"] == best_row["epoch"]
+    model, _ = load_model(run.path, best=True)
+    codes = model.hash(torch.as_tensor(r.features))[0].numpy()
+    assert mean_average_precision(codes[r.split.validation], codes[r.split.database], r.y("validation"),
+                                  r.y("database")) == pytest.approx(best_row["val_map"])
+    best = run.read_retrieval(best=True)
+    assert best["epoch"] == best_row["epoch"]
+    assert mean_average_precision(codes[r.split.query], codes[r.split.database], r.y("query"),
+                                  r.y("database")) == pytest.approx(best["map"])
+
+
+def test_reported_map_is_that_of_the_saved_model(tmp_path, folder):
+    c = cfg(folder, feature_scaling="standardize")
+    out = tmp_path / "run"
+    run_group([c], [out])
+    r = load_task_data(c).retrieval
+    assert np.allclose(r.features[r.split.database].mean(0), 0, atol=1e-5)
     model, _ = load_model(out)
     scaling = np.load(out / "feature_scaling.npz")
-    feats = (rdata.raw_features - scaling["mean"]) / scaling["std"]
+    feats = (r.raw_features - scaling["mean"]) / scaling["std"]
     codes = model.hash(torch.as_tensor(feats, dtype=torch.float32))[0].numpy()
-    got = mean_average_precision(codes[rdata.query], codes[rdata.database], rdata.labels[rdata.query],
-                                 rdata.labels[rdata.database])
-    assert got == pytest.approx(report["map"])
+    report = RunDir(out).read_retrieval()
+    assert mean_average_precision(codes[r.split.query], codes[r.split.database], r.y("query"),
+                                  r.y("database")) == pytest.approx(report["map"])
     assert report["map"] > 0.5  # four well separated patterns: far above chance (0.25)
-    split = json.loads((out / "split.json").read_text())
-    assert sorted(split["query"]) == rdata.query.tolist()
-    assert report["source"].startswith("image folder")
+    assert RunDir(out).read_metrics()["map"].iloc[-1] == pytest.approx(report["map"])  # no validation set
 
 
-def test_experiment_helpers(tmp_path, folder, monkeypatch):
-    monkeypatch.setenv("RSGH_CACHE", str(tmp_path / "cache"))
+def test_patience_stops_a_model_where_it_stops_alone(tmp_path, folder):
+    patient = cfg(folder, validation_per_class=5, patience=1, epochs=12, seed=0)
+    other = cfg(folder, validation_per_class=5, patience=1, epochs=12, seed=1, method="sgh")
+    run_group([patient, other], [tmp_path / "g0", tmp_path / "g1"])
+    run_group([patient], [tmp_path / "alone"])
+    a, g = RunDir(tmp_path / "alone").read_summary(), RunDir(tmp_path / "g0").read_summary()
+    assert a["stopped_early"] and a["iterations"] == g["iterations"] < 12 * (120 // 16)
+    for k, v in torch.load(tmp_path / "alone" / "model.pt", weights_only=True)["state_dict"].items():
+        torch.testing.assert_close(torch.load(tmp_path / "g0" / "model.pt", weights_only=True)["state_dict"][k], v,
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_experiment_reuses_finished_runs(tmp_path, folder, monkeypatch):
+    monkeypatch.setenv("RSGH_WORKERS", "1")
+    monkeypatch.delenv("RSGH_SCHEDULER", raising=False)
     variants = ex.ablation_configs("e2-rsgh", [0], 2, task="retrieval", dataset="folder", folder=str(folder),
-                                   features="pixels", hidden_layers=1, bits=8, batch_size=16,
-                                   queries_per_class=5, device="cpu")
-    dirs = ex.train_variants("abl", variants, tmp_path / "runs", progress=False)
-    assert len(dirs) == 6 and len({d.name for d in dirs}) == 6
-    curves, finals = ex.read_runs(dirs)
-    assert set(finals["variant"]) == {"default", "tie-encoder", "redundancy-kl", "redundancy-correlation",
-                                      "step-sizes"}
-    assert set(finals["method"]) == {"SGH", "R-SGH"}
-    # a second call reuses the finished runs instead of training again
-    stamp = (dirs[0] / "summary.json").stat().st_mtime_ns
-    ex.train_variants("abl", variants, tmp_path / "runs", progress=False)
-    assert (dirs[0] / "summary.json").stat().st_mtime_ns == stamp
-    table = ex.mean_and_spread(finals, ["method"], ["map"])
-    assert "n=" in table.loc["R-SGH", "map"]
-    base = ex.baselines_table(variants[0][1], [8], [0, 1])
+                                   features="pixels", hidden_layers=1, bits=8, batch_size=16, queries_per_class=5)
+    experiment = ex.Experiment("abl", variants, tmp_path / "runs")
+    results = experiment.run()
+    assert len(results.dirs) == 6 and len({d.name for d in results.dirs}) == 6
+    assert set(results.finals["variant"]) == {"default", "tie-encoder", "redundancy-kl", "redundancy-correlation",
+                                              "step-sizes"}
+    assert set(results.finals["method"]) == {"SGH", "R-SGH"}
+    stamp = (results.dirs[0] / "summary.json").stat().st_mtime_ns
+    experiment.run()  # a second call reuses the finished runs instead of training again
+    assert (results.dirs[0] / "summary.json").stat().st_mtime_ns == stamp
+
+
+def test_baselines_table_is_cached_by_what_it_depends_on(tmp_path, folder, monkeypatch):
+    monkeypatch.setenv("RSGH_CACHE", str(tmp_path / "cache"))
+    c = cfg(folder, bits=8)
+    base = ex.baselines_table(c, [8], [0, 1])
     assert set(base["method"]) == {"LSH", "PCAH", "ITQ", "SH"}
     assert (base["map"] > 0.3).all()
     assert len(list((tmp_path / "cache" / "baselines").glob("*.csv"))) == 1
-    # computed afresh, the table is the cached one
-    fresh = ex.baselines_table(variants[0][1], [8], [0, 1], cache=False)
+    fresh = ex.baselines_table(c, [8], [0, 1], cache=False)  # computed afresh, the table is the cached one
     pd.testing.assert_frame_equal(fresh.drop(columns="seconds"), base.drop(columns="seconds"))
-    # a second call reads the cache instead of fitting again; other seeds are another entry
-    import rsgh.baselines
+    import rsgh.eval.baselines
 
     def no_fit(*args, **kwargs):
         raise AssertionError("fitted again instead of reading the cache")
 
-    monkeypatch.setattr(rsgh.baselines, "fit_baseline", no_fit)
-    pd.testing.assert_frame_equal(ex.baselines_table(variants[0][1], [8], [0, 1]), base)
+    monkeypatch.setattr(rsgh.eval.baselines, "fit_baseline", no_fit)
+    pd.testing.assert_frame_equal(ex.baselines_table(c, [8], [0, 1]), base)
     with pytest.raises(AssertionError, match="fitted again"):
-        ex.baselines_table(variants[0][1], [8], [0, 2])
+        ex.baselines_table(c, [8], [0, 2])  # other seeds are another entry
 
 
 def test_notebook_parameter_types():
-    ex.check_parameters(epochs=(3, int), lr=(1, float), seeds=([0], list))
+    nbk.check_parameters(epochs=(3, int), lr=(1, float), seeds=([0], list))
     with pytest.raises(TypeError, match="epochs='ten' should be of type int"):
-        ex.check_parameters(epochs=("ten", int))
+        nbk.check_parameters(epochs=("ten", int))
     with pytest.raises(TypeError, match="should be of type int, not bool"):
-        ex.check_parameters(epochs=(True, int))
-
-
-def test_real_mnist_retrieval_split(mnist_root):
-    _, rdata = load_task_data(make_config("e2-rsgh", dict(dataset="mnist", features="pixels",
-                                                           feature_scaling="none")), mnist_root)
-    assert len(rdata.query) == 1000 and len(rdata.database) == 69000
-    assert np.bincount(rdata.labels[rdata.query]).tolist() == [100] * 10
-    assert rdata.features.shape == (70000, 784) and rdata.features.max() == 1.0
+        nbk.check_parameters(epochs=(True, int))
 
 
 def test_mean_and_spread_compact_rounds_to_the_spread():
     finals = pd.DataFrame({"method": ["A"] * 3 + ["B"] * 3 + ["C"],
                            "map": [0.40, 0.42, 0.41, 0.123456, 0.123456, 0.123456, 0.5],
                            "active": [54, 58, 55, 64, 64, 64, 3]})
-    full = ex.mean_and_spread(finals, ["method"], ["map", "active"])
+    full = tables.mean_and_spread(finals, ["method"], ["map", "active"])
     assert full.loc["A", "map"] == "0.4100 ± 0.0100 (n=3)"
-    table = ex.mean_and_spread(finals, ["method"], ["map", "active"], compact=True)
+    table = tables.mean_and_spread(finals, ["method"], ["map", "active"], compact=True)
     # sd 0.01 -> three decimals; sd 2.08 -> one; no spread -> three significant digits of the mean
     assert table.loc["A", "map"] == "0.410 ± 0.010"
     assert table.loc["A", "active"] == "55.7 ± 2.1"
@@ -134,7 +210,7 @@ def test_map_table_one_row_per_method_one_column_per_code_length():
                            "map": [0.30, 0.32, 0.35, 0.37, 0.40, 0.45]})
     baselines = pd.DataFrame({"method": ["LSH", "LSH", "ITQ"], "bits": [32, 32, 64], "seed": [0, 1, 0],
                               "map": [0.1, 0.2, 0.5]})
-    table = ex.map_table(finals, baselines)
+    table = tables.map_table(finals, baselines)
     assert table.index.tolist() == ["SGH", "R-SGH", "LSH", "ITQ"]
     assert table.columns.tolist() == ["K = 32", "K = 64", "seeds"]
     # mean ± sample sd: (0.30, 0.32) -> 0.310 ± 0.014

@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .config import Config
+from ..config import Config
 from .model import HashModel
 from .neuron import binary_sample, distributional_surrogate, flip_differences
 

@@ -1,12 +1,10 @@
-"""Figures and tables that the book's notebooks show (matplotlib / seaborn / pandas).
+"""Figures of the book's pages (matplotlib / seaborn), and the provenance table.
 
-Kept apart from the method: nothing here changes a number, it only draws or tabulates what
-``rsgh.experiments`` returns.
+Nothing here changes a number: it only draws what the experiments and the run folders hold.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -14,6 +12,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+
+from ..train.rundir import RunDir
 
 PALETTE = {"SGH": "#1f77b4", "R-SGH": "#d62728"}
 
@@ -61,7 +61,7 @@ def kl_heatmaps(run_dirs: Sequence[str | Path], labels: Sequence[str], value: st
     vmax = 0.0
     tables = []
     for d in run_dirs:
-        u = pd.read_csv(Path(d) / "units.csv")
+        u = RunDir(d).read_units()
         t = u.pivot(index="bit", columns="epoch", values=value)
         t = t.loc[t.iloc[:, -1].sort_values(ascending=False).index]
         tables.append(t)
@@ -82,7 +82,7 @@ def pr_and_precision_at_k(run_dirs: Sequence[str | Path], labels: Sequence[str])
     """Precision-recall points by Hamming radius, and precision@k, of the final codes."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10.4, 3.8))
     for d, label in zip(run_dirs, labels):
-        r = json.loads((Path(d) / "retrieval.json").read_text())
+        r = RunDir(d).read_retrieval()
         pr = pd.DataFrame(r["pr_curve"])
         ax1.plot(pr["recall"], pr["precision"], marker=".", label=label)
         ks = sorted(int(k) for k in r["precision_at_k"])
@@ -100,7 +100,7 @@ def provenance(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
     """Data source with checksum, code commit, package versions, device and wall time per run."""
     rows = []
     for d in map(Path, run_dirs):
-        s = json.loads((d / "summary.json").read_text())
+        s = RunDir(d).read_summary()
         v = s["versions"]
         rows.append({"run": f"{d.parent.name}/{d.name}", "data": s["data_source"],
                      "md5 of the data": " ".join(str(c)[:8] for c in s["data_checksums"].values()),

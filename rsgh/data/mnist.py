@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .paths import data_root
+from ..paths import data_root
 
 # name -> (folder, base url, {file stem: (md5 of the uncompressed file, md5 of the official .gz)})
 REGISTRY = {

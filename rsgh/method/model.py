@@ -4,9 +4,10 @@ Every parameter carries a leading group dimension G: a group of models with the 
 (and different seeds or objectives) runs as one batched computation (``torch.baddbmm``), which
 is several times faster than G separate small networks. A single model is a group of one.
 
-``arch='mlp'``: the encoder maps x through M ReLU layers of width K to K logits; the decoder
-maps the code h through M ReLU layers of width K to the mean of the Gaussian p(x|h). The last
-hidden layer on each side (``a_M(x)`` and ``g_M(h)``, width K) is what R-SGH's tie term uses.
+``arch='mlp'``: the encoder maps x through M ReLU layers to K logits; the decoder maps the code h
+through M ReLU layers to the mean of the Gaussian p(x|h). The hidden layers are K wide (the
+patents) or ``hidden_width`` wide, except the last hidden layer on each side (``a_M(x)`` and
+``g_M(h)``), which is always K wide: it is what R-SGH's tie term compares with the code.
 Each linear layer is initialised like ``torch.nn.Linear``: weight and bias ~ U(-1/sqrt(fan_in),
 1/sqrt(fan_in)), from the model's own seed.
 
@@ -46,13 +47,16 @@ def group_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 class HashModel(nn.Module):
     def __init__(self, input_dim: int, bits: int, hidden_layers: int = 1, arch: str = "mlp",
                  seeds: Sequence[int] = (0,), data_mean: torch.Tensor | None = None,
-                 data_var: torch.Tensor | None = None):
+                 data_var: torch.Tensor | None = None, hidden_width: int = 0):
         super().__init__()
         self.input_dim, self.bits, self.hidden_layers, self.arch = input_dim, bits, hidden_layers, arch
+        self.hidden_width = hidden_width
         self.groups = len(seeds)
         if arch == "mlp":
-            enc = [input_dim] + [bits] * (hidden_layers + 1)
-            dec = [bits] * (hidden_layers + 1) + [input_dim]
+            # hidden layers of width W, except the last on each side: K wide, for the tie term
+            inner = [hidden_width or bits] * max(hidden_layers - 1, 0) + [bits] * min(hidden_layers, 1)
+            enc = [input_dim] + inner + [bits]
+            dec = [bits] + inner + [input_dim]
             self.layer_sizes = {"enc": list(zip(enc[:-1], enc[1:])), "dec": list(zip(dec[:-1], dec[1:]))}
             shapes = {f"{side}{i}": s for side, sizes in self.layer_sizes.items() for i, s in enumerate(sizes)}
             members = [self._init_mlp(shapes, seed) for seed in seeds]

@@ -1,0 +1,350 @@
+"""Reading labelled image collections in place: folders and archives (zip, tar in any compression),
+member names, image decoding, and the md5 memo of large archives.
+
+Everything is read straight from the archives (never unpacked: the data root may be read-only).
+md5 digests of archives are remembered in ``cache_dir()/md5-memo.json`` keyed by (path, size,
+mtime), so a large archive is hashed once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import tarfile
+import warnings
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ..files import atomic_write_file
+from ..paths import cache_dir
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+                    ".ppm", ".pgm", ".pbm", ".pnm")
+
+
+class ImageDatasetWarning(UserWarning):
+    """Something was skipped or is not the official data; the load went on."""
+
+
+def where_to_put(what: str, path: Path, url: str) -> str:
+    return (f"{what} not found at {path}: download it from {url} into that folder, or point "
+            f"--data-root / RSGH_DATA at the folder that holds it")
+
+
+# ----------------------------------------------------------------------------------------------
+# The result
+
+
+@dataclass
+class ImageSet:
+    """Labelled images. ``images`` is uint8 (N, H, W, 3) when all images share a size, otherwise a
+    list of uint8 (H_i, W_i, 3) arrays. ``source`` is the label to show with any result."""
+
+    images: np.ndarray | list
+    labels: np.ndarray  # int64 (N,)
+    class_names: list[str]
+    names: list[str]  # member / file name of each image
+    source: str
+    checksum: str  # md5 of the archive, or "filelist:<md5>" of a folder's file list
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices) -> "ImageSet":
+        """The images at ``indices`` (same classes, source and checksum)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        images = (self.images[idx] if isinstance(self.images, np.ndarray)
+                  else [self.images[i] for i in idx])
+        return ImageSet(images, self.labels[idx], list(self.class_names), [self.names[i] for i in idx],
+                        self.source, self.checksum)
+
+
+# ----------------------------------------------------------------------------------------------
+# Files: the md5 memo
+
+
+def cache_folder() -> Path | None:
+    try:
+        return cache_dir()
+    except OSError as err:
+        warnings.warn(f"no writable cache folder ({err}); set RSGH_CACHE to one", ImageDatasetWarning,
+                      stacklevel=3)
+        return None
+
+
+def _md5_key(path: Path) -> str:
+    st = path.stat()
+    return f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def file_md5(path: str | os.PathLike, memo: bool = True) -> str:
+    """md5 of a file; remembered in ``cache_dir()/md5-memo.json`` keyed by (path, size, mtime)."""
+    path = Path(path)
+    key = _md5_key(path)
+    folder = cache_folder() if memo else None
+    memo_path = folder / "md5-memo.json" if folder else None
+    if memo_path is not None:
+        known = _read_json_dict(memo_path)
+        if isinstance(known.get(key), str):
+            return known[key]
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(8 << 20):
+            digest.update(chunk)
+    md5 = digest.hexdigest()
+    if memo_path is not None:
+        known = _read_json_dict(memo_path)  # again: another process may have added entries
+        known[key] = md5
+        with contextlib.suppress(OSError):
+            atomic_write_file(memo_path, lambda fh: fh.write(json.dumps(known, indent=0).encode()))
+    return md5
+
+
+def _read_json_dict(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+# ----------------------------------------------------------------------------------------------
+# Archive readers: a folder, a zip, or a tar (plain, gz, bz2, xz), read in place
+
+try:
+    from lzma import LZMAError
+except ImportError:  # a Python without lzma reads no .xz
+    LZMAError = OSError
+
+# what tarfile, zipfile and the decompressors raise for a truncated or corrupt archive
+_ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error, LZMAError)
+
+
+class CorruptArchive(ValueError):
+    pass
+
+
+def _corrupt(path: Path, err) -> CorruptArchive:
+    if isinstance(err, tarfile.ReadError) and err.__cause__ is not None:
+        err = err.__cause__  # "not a gzip file" from a truncated one: say what went wrong
+    return CorruptArchive(f"{path}: the archive is truncated or corrupt ({type(err).__name__}: {err}); "
+                           "delete it and download / copy it again")
+
+
+class Reader:
+    """Regular files of a folder or archive: ``names()`` (posix paths, in storage order) and
+    ``read(names)`` -> (name, bytes) pairs (in storage order for a tar)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def names(self) -> list[str]:
+        raise NotImplementedError
+
+    def read(self, wanted: Iterable[str]) -> Iterator[tuple[str, bytes]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _FolderReader(Reader):
+    def names(self):
+        out = []
+        for dirpath, dirnames, filenames in os.walk(self.path):
+            dirnames.sort()
+            rel = Path(dirpath).relative_to(self.path)
+            out.extend((rel / f).as_posix() for f in sorted(filenames))
+        return out
+
+    def read(self, wanted):
+        for name in wanted:
+            yield name, (self.path / name).read_bytes()
+
+
+class _ZipReader(Reader):
+    def __init__(self, path):
+        super().__init__(path)
+        try:
+            self.zf = zipfile.ZipFile(path)
+        except _ARCHIVE_ERRORS as err:
+            raise _corrupt(path, err) from None
+
+    def names(self):
+        return [i.filename for i in self.zf.infolist() if not i.is_dir()]
+
+    def read(self, wanted):
+        for name in wanted:
+            try:
+                yield name, self.zf.read(name)
+            except _ARCHIVE_ERRORS as err:
+                raise _corrupt(self.path, err) from None
+
+    def close(self):
+        self.zf.close()
+
+
+class _TarReader(Reader):
+    """A tar in any of tarfile's compressions, indexed once by ``tarfile``; members are read in
+    storage order, so a compressed tar is decompressed once for the index and once for the data."""
+
+    def __init__(self, path, mode: str):
+        super().__init__(path)
+        self.tf = None
+        try:
+            self.tf = tarfile.open(path, mode)
+            self.members = {m.name: m for m in self.tf.getmembers() if m.isfile()}
+            # tarfile takes a missing or damaged header for the end of the archive: insist on the
+            # end-of-archive block, then read to the end so that gzip checks its CRC
+            self.tf.fileobj.seek(self.tf.offset)
+            if self.tf.fileobj.read(tarfile.BLOCKSIZE) != bytes(tarfile.BLOCKSIZE):
+                raise EOFError("no end-of-archive marker after the last member")
+            while self.tf.fileobj.read(8 << 20):
+                pass
+        except _ARCHIVE_ERRORS as err:
+            self.close()
+            raise _corrupt(path, err) from None
+
+    def names(self):
+        return list(self.members)
+
+    def read(self, wanted):
+        for member in sorted((self.members[n] for n in wanted), key=lambda m: m.offset_data):
+            try:
+                yield member.name, self.tf.extractfile(member).read()
+            except _ARCHIVE_ERRORS as err:
+                raise _corrupt(self.path, err) from None
+
+    def close(self):
+        if self.tf is not None:
+            self.tf.close()
+
+
+def open_reader(path: Path) -> Reader:
+    """A reader for a folder, a zip, or a tar (plain, gz, bz2, xz)."""
+    if path.is_dir():
+        return _FolderReader(path)
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (an interrupted download?); delete it and get it again")
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return _ZipReader(path)
+    for magic, mode in ((b"\x1f\x8b", "r:gz"), (b"BZh", "r:bz2"), (b"\xfd7zXZ\x00", "r:xz")):
+        if head.startswith(magic):
+            return _TarReader(path, mode)
+    if head[257:262] == b"ustar" or path.suffix.lower() == ".tar":
+        return _TarReader(path, "r:")
+    raise ValueError(f"{path}: unknown archive type (not a folder, .zip, .tar, .tar.gz/.tgz, .tar.bz2 "
+                     "or .tar.xz)")
+
+
+def name_parts(name: str) -> list[str]:
+    return [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+
+
+def is_hidden(parts: Sequence[str]) -> bool:
+    return any(p.startswith(".") for p in parts) or "__MACOSX" in parts
+
+
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def strip_common_top(parts_list: list[list[str]], depth: int) -> list[list[str]]:
+    """Drop leading folders shared by every entry while entries are deeper than ``depth``."""
+    while parts_list and all(len(p) > depth for p in parts_list) and len({p[0] for p in parts_list}) == 1:
+        parts_list = [p[1:] for p in parts_list]
+    return parts_list
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding
+
+
+_JPEG_EXT = (".jpg", ".jpeg")
+
+
+def decode_image(data: bytes, name: str = "", image_size: tuple[int, int] | None = None) -> np.ndarray:
+    """uint8 (H, W, 3) from encoded bytes: grey, palette, RGBA (alpha dropped), CMYK, 16-bit grey
+    converted to RGB; optionally resized to ``image_size = (h, w)`` with PIL bilinear. Raises
+    ``OSError`` / ``ValueError`` (from PIL) for undecodable data."""
+    from PIL import Image
+
+    formats = ["JPEG"] if name.lower().endswith(_JPEG_EXT) else None
+    try:
+        im = Image.open(io.BytesIO(data), formats=formats)
+    except OSError:
+        if formats is None:
+            raise
+        im = Image.open(io.BytesIO(data))  # a misnamed file
+    with im:
+        im.load()
+        if im.mode.startswith("I;16"):
+            im = Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8), "L")
+        elif im.mode in ("I", "F"):
+            im = Image.fromarray(np.clip(np.asarray(im), 0, 255).astype(np.uint8), "L")
+        elif im.mode == "P" and "transparency" in im.info:
+            im = im.convert("RGBA")
+        elif im.mode in ("PA", "La"):
+            im = im.convert("RGBA")
+        if im.mode != "RGB":
+            im = im.convert("RGB")
+        if image_size is not None:
+            h, w = image_size
+            if im.size != (w, h):
+                im = im.resize((w, h), Image.Resampling.BILINEAR)
+        return np.array(im, dtype=np.uint8)
+
+
+def check_image_size(image_size) -> tuple[int, int] | None:
+    if image_size is None:
+        return None
+    try:
+        h, w = (int(v) for v in image_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"image_size must be (height, width), got {image_size!r}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"image_size must be positive, got {image_size!r}")
+    return h, w
+
+
+def decode_members(reader: Reader, members: Sequence[str], image_size, skip_bad: bool,
+                    ) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Decode ``members``; undecodable ones are returned in a list when ``skip_bad``, else raise."""
+    decoded, bad = {}, []
+    for name, data in reader.read(members):
+        try:
+            decoded[name] = decode_image(data, name, image_size)
+        except Exception as err:  # PIL raises OSError, ValueError, SyntaxError, EOFError, ...
+            if not skip_bad:
+                raise ValueError(f"{reader.path}: member {name} is not a decodable image ({err}); "
+                                 "the archive is corrupt") from None
+            bad.append(name)
+    return decoded, bad
+
+
+def warn_skipped(path: Path, bad: list[str], what: str) -> None:
+    if bad:
+        shown = ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else "")
+        warnings.warn(f"{path}: skipped {len(bad)} {what}: {shown}", ImageDatasetWarning, stacklevel=3)
+
+
+def stack_images(images: list[np.ndarray]) -> np.ndarray | list:
+    if images and len({im.shape for im in images}) == 1:
+        return np.stack(images)
+    return images

@@ -1,0 +1,49 @@
+"""The retrieval protocol (SPEC section 5): queries' codes ranked against the database's codes over
+the full Hamming ranking; relevant = same label.
+
+During training only the validation queries are looked at (:func:`map_evaluator`), so that the
+epoch to keep is chosen on them; the test queries are measured once, on the model finally kept
+(:func:`retrieval_report`). A run without a validation set is evaluated on its test queries
+during training, as the patents' protocol has no validation set, and selects nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..data.task import RetrievalData
+from .metrics import mean_average_precision, retrieval_summary
+
+
+def map_evaluator(data: RetrievalData, device="cpu"):
+    """``extra_eval`` for training: each model's mAP of the selection queries against the database,
+    as ``{"val_map": ...}`` (validation queries) or ``{"map": ...}`` (no validation set)."""
+    part = data.selection_part
+    column = "val_map" if part == "validation" else "map"
+    q = torch.as_tensor(data.x(part), device=device)
+    db = torch.as_tensor(data.x("database"), device=device)
+    q_labels, db_labels = data.y(part), data.y("database")
+
+    def evaluate(model) -> list[dict]:
+        qc, dbc = model.hash(q).cpu().numpy(), model.hash(db).cpu().numpy()
+        return [{column: mean_average_precision(qc[g], dbc[g], q_labels, db_labels)} for g in range(model.groups)]
+
+    return evaluate
+
+
+def model_codes(model, data: RetrievalData, part: str) -> np.ndarray:
+    """{0,1} uint8 codes (n, K) of one part of the collection by a single trained model."""
+    return model.hash(torch.as_tensor(data.x(part)))[0].numpy()
+
+
+def retrieval_report(query_codes, db_codes, data: RetrievalData, part: str = "query",
+                     ks=(100, 500, 1000)) -> dict:
+    """mAP, precision@k, precision within Hamming radius 2 and the precision-recall points of the
+    ``part`` queries (default: the test queries) against the database."""
+    s = retrieval_summary(query_codes, db_codes, data.y(part), data.y("database"), ks=ks)
+    return {"map": s["map"], "precision_at_k": {str(k): v for k, v in s["precision_at_k"].items()},
+            "precision_radius2": s["precision_within_radius"],
+            "pr_curve": s["pr_curve"].to_dict(orient="list"),
+            "queries": part, "n_queries": int(len(data.indices(part))), "n_database": int(len(data.split.database)),
+            "bits": int(np.asarray(query_codes).shape[1]), "source": data.source}
