@@ -17,6 +17,7 @@ from typing import Sequence
 import pandas as pd
 
 from ..config import Config, Runtime, make_config
+from ..data.task import data_key
 from ..train.rundir import read_runs
 
 
@@ -43,9 +44,14 @@ class Experiment:
         return [Path(self.runs_dir) / self.name / cfg.run_name() for _, cfg in self.variants]
 
     def run(self, scheduler: str | None = None, progress: bool = False) -> Results:
+        from ..train.rundir import RunDir
+        from ..train.task import task_data
         from .schedule import train_runs
 
         dirs = self.dirs()
+        if not all(RunDir(d).is_finished() for d in dirs):  # fill the feature caches once, here, not per worker
+            for key in {data_key(c): c for _, c in self.variants}.values():
+                task_data(key, self.data_root, progress=False)
         train_runs(list(zip((c for _, c in self.variants), dirs)), self.data_root, self.runtime, scheduler,
                    progress=progress)
         curves, finals = read_runs(dirs, [v for v, _ in self.variants])

@@ -108,3 +108,20 @@ def provenance(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
                      "device": f"{s['device']}, {s['threads']} thread, group of {s.get('group_size', 1)}",
                      "epochs": round(s["epochs"], 2), "wall (s)": round(s["wall_time_s"])})
     return pd.DataFrame(rows).set_index("run")
+
+
+def validation_curves(curves: pd.DataFrame, finals: pd.DataFrame, column: str = "val_map"):
+    """Validation mAP against epoch from epoch 0, one panel per code length (mean over seeds, band = one
+    standard deviation), with a dotted line at each run's best validation epoch (the model kept)."""
+    ks = sorted(curves["bits"].unique())
+    fig, axes = plt.subplots(1, len(ks), figsize=(5.2 * len(ks), 3.6), squeeze=False)
+    for ax, k in zip(axes[0], ks):
+        sns.lineplot(data=curves[curves["bits"] == k], x="epoch", y=column, hue="method", errorbar="sd", ax=ax,
+                     palette=PALETTE)
+        for _, run in finals[finals["bits"] == k].iterrows():
+            if np.isfinite(run.get("best_epoch", np.nan)):
+                ax.axvline(run["best_epoch"], color=PALETTE.get(run["method"], "grey"), ls=":", lw=1, alpha=0.8)
+        ax.set(title=f"K = {k}", ylabel="validation mAP" if column == "val_map" else column)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

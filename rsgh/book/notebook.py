@@ -20,6 +20,8 @@ def check_parameters(**params: tuple) -> None:
             names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
             raise TypeError(f"notebook parameter {name}={value!r} should be of type {names}, "
                             f"not {type(value).__name__}")
+        if isinstance(value, list) and not value:
+            raise ValueError(f"notebook parameter {name} is an empty list: give at least one value")
 
 
 def show_parameters(**params) -> None:
@@ -57,3 +59,11 @@ def glue_means(prefix: str, finals: pd.DataFrame, by: list[str], column: str) ->
 
 def _name_part(value) -> str:
     return str(value).lower().replace("-", "").replace(" ", "_")
+
+
+def missing_data_note(err: Exception, page: str) -> str:
+    """What a page says when its data is not on the machine that executed it."""
+    text = str(err).replace("*", r"\*")
+    return (f"**The data of this page is not available on the machine that executed it, so there are no results "
+            f"here.** {text}\n\nTo produce them: put the data in the data root and run "
+            f"`python -m rsgh reproduce --only {page}`.")

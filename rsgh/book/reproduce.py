@@ -127,8 +127,9 @@ def glued(path: Path) -> dict[str, float]:
     out = {}
     for cell in nbformat.read(path, as_version=4).cells:
         for o in cell.get("outputs", []):
-            name = o.get("metadata", {}).get("scrapbook", {}).get("name")
-            text = o.get("data", {}).get("text/plain")
+            scrapbook = o.get("metadata", {}).get("scrapbook", {})
+            name = scrapbook.get("name")
+            text = o.get("data", {}).get(scrapbook.get("mime_prefix", "") + "text/plain")
             if name is not None and text is not None:
                 try:
                     out[name] = float(ast.literal_eval(text))
@@ -206,7 +207,7 @@ def _write_toc(out: Path) -> None:
                 kept.append(dict(e, **({"sections": present(e["sections"])} if "sections" in e else {})))
         return kept
 
-    parts = [dict(p, chapters=present(p["chapters"])) for p in toc.get("parts", [])]
+    parts = [dict(p, chapters=present(p["chapters"])) for p in toc.get("parts", []) if p.get("caption") != "Reproduction"]
     toc["parts"] = [p for p in parts if p["chapters"]] + [
         {"caption": "Reproduction", "chapters": [{"file": "reproduction_report"}]}]
     (out / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
