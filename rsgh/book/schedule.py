@@ -54,6 +54,9 @@ def get_client(scheduler: str | None = None):
     if scheduler:
         _CLIENT = Client(scheduler, timeout="30s")
     else:
+        # the workers' statistical profiler samples every thread 100 times a second: measurable on these
+        # Python-bound training loops, and nobody looks at it here
+        os.environ.setdefault("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED", "False")
         cluster = LocalCluster(n_workers=workers_wanted(), threads_per_worker=1, processes=True,
                                dashboard_address=":0", silence_logs=logging.ERROR)
         _CLIENT = Client(cluster)
