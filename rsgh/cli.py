@@ -20,6 +20,7 @@ import errno
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from .config import PRESETS, Runtime, config_help, make_config, parse_overrides
@@ -87,7 +88,7 @@ def cmd_reproduce(args) -> int:
     from .book.reproduce import reproduce
 
     return reproduce(args.profile, out=args.out, plan=args.plan, only=args.only or (), scheduler=args.scheduler,
-                     build=not args.no_build, published=args.published)
+                     build=not args.no_build, published=args.published, runs_dir=args.runs_dir)
 
 
 def cmd_study(args) -> int:
@@ -185,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "a local cluster of one worker per core)")
     r.add_argument("--published", default=str(ROOT / "book"), help="the published book to compare with")
     r.add_argument("--no-build", action="store_true", help="do not build the reproduction's book")
+    r.add_argument("--runs-dir", help="where trained runs are kept and reused (default: the plan's, e.g. runs/)")
     r.set_defaults(func=cmd_reproduce)
     st = sub.add_parser("study", help="a hyperparameter study (Optuna) of one method, tuned on validation queries")
     st.add_argument("--method", required=True, choices=["sgh", "rsgh"])
@@ -270,9 +272,17 @@ def describe(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """A warning as one line (what was skipped or repaired), without the source line under it."""
+    return f"warning: {' '.join(str(message).split())}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = os.environ.get("RSGH_DEBUG", "") not in ("", "0")
+    formatwarning = warnings.formatwarning
+    if not debug:
+        warnings.formatwarning = _warning_line
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -289,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"internal error ({type(err).__name__}: {' '.join(str(err).split())[:300]}); please report it, "
               "with the traceback that RSGH_DEBUG=1 shows", file=sys.stderr)
         return 3
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""The book machinery: a notebook of the plan through papermill (smoke profile), then a strict
-Jupyter Book build of the whole book with it."""
+"""The book machinery: the plan and its notebooks, papermill execution into a folder of its own, the
+numbers glued by the notebooks and the reproduction report, and a strict Jupyter Book build."""
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -9,10 +10,17 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from rsgh.book.reproduce import load_plan, run_plan
+from rsgh.book.reproduce import compare, finished_with, glued, load_plan, pages, run_plan, tolerance, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAN = ROOT / "notebooks" / "plan.yml"
+
+
+def notebook_defaults(path: Path) -> dict:
+    """The parameters cell's defaults, evaluated (``name: type = value  # help``)."""
+    nb = nbformat.read(path, as_version=4)
+    (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    return {node.target.id: ast.literal_eval(node.value) for node in ast.parse(cell.source).body}
 
 
 def test_source_notebooks_have_typed_parameters_and_no_outputs():
@@ -26,49 +34,119 @@ def test_source_notebooks_have_typed_parameters_and_no_outputs():
             assert ": " in line.split("=")[0] and "  # " in line, f"{name}: untyped or undocumented: {line}"
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), name
     for entry in plan["notebooks"].values():
-        assert {"paper", "smoke"} <= set(entry)
+        assert {"paper", "quick", "smoke"} <= set(entry)
+
+
+def test_notebook_defaults_equal_the_paper_profile_of_their_first_page():
+    """Running a notebook by hand gives what the book shows: the paper parameters of the first page that
+    uses each notebook are exactly its defaults, and no page sets a parameter its notebook lacks."""
+    seen = set()
+    for name, entry in load_plan(PLAN)["notebooks"].items():
+        source = entry.get("notebook", name)
+        defaults = notebook_defaults(ROOT / "notebooks" / f"{source}.ipynb")
+        for profile in ("paper", "quick", "smoke"):
+            assert set(entry[profile]) <= set(defaults), f"{name} {profile}: {set(entry[profile]) - set(defaults)}"
+        if source not in seen:
+            assert entry["paper"] == defaults, f"{name}: paper profile {entry['paper']} vs defaults {defaults}"
+            seen.add(source)
 
 
 def test_book_pages_were_executed_from_the_current_notebooks():
-    """Every page of the book ran to the end from its source notebook as it is now, with the
-    parameters of the paper profile. An edited notebook fails here until its page is executed again:
-    ``python -m rsgh reproduce --only <name> --redo``."""
-    from rsgh.book.reproduce import finished_with
-
-    for name, entry in load_plan(PLAN)["notebooks"].items():
-        source = ROOT / "notebooks" / f"{entry.get('notebook', name)}.ipynb"
-        assert finished_with(ROOT / "book" / f"{name}.ipynb", entry["paper"], source), \
+    """Every page of the book ran to the end from its source notebook as it is now, with the parameters
+    of the paper profile. An edited notebook fails here until its page is executed again:
+    ``python -m rsgh reproduce --profile paper --out book --only <name> --no-build``."""
+    for name, source, parameters in pages(PLAN, "paper"):
+        assert finished_with(ROOT / "book" / f"{name}.ipynb", parameters, source), \
             f"book/{name}.ipynb is not the current notebooks/{source.name} run with the paper profile"
 
 
-def test_smoke_notebook_and_strict_book_build(tmp_path, mnist_root, monkeypatch):
+def _fake_executed(path: Path, numbers: dict) -> None:
+    """An executed notebook holding glued numbers, as myst-nb's glue(display=False) writes them."""
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("glue(...)")
+    cell.outputs = [nbformat.v4.new_output("display_data", data={"application/papermill.record/text/plain": repr(v)},
+                                           metadata={"scrapbook": {"name": k, "mime_prefix": "application/papermill.record/"}})
+                    for k, v in numbers.items()]
+    nb.cells = [cell]
+    nbformat.write(nb, path)
+
+
+def test_report_compares_every_glued_number_with_a_tolerance_from_the_seed_spread(tmp_path):
+    pub, rep = tmp_path / "pub", tmp_path / "rep"
+    pub.mkdir(), rep.mkdir()
+    _fake_executed(pub / "p.ipynb", {"p_map_sgh_64": 0.150, "p_map_sgh_64__sd": 0.004, "p_map_sgh_64__n": 3,
+                                     "p_map_itq_64": 0.170, "p_map_itq_64__n": 1, "p_other": 2.0})
+    _fake_executed(rep / "p.ipynb", {"p_map_sgh_64": 0.160, "p_map_sgh_64__n": 1, "p_map_itq_64": 0.1705,
+                                     "p_map_itq_64__n": 1})
+    assert glued(rep / "p.ipynb") == {"p_map_sgh_64": 0.160, "p_map_sgh_64__n": 1.0, "p_map_itq_64": 0.1705,
+                                      "p_map_itq_64__n": 1.0}
+    records = {r["quantity"]: r for r in compare(pub, rep, ["p"])}
+    assert set(records) == {"p_map_sgh_64", "p_map_itq_64", "p_other"}
+    # 3 sd sqrt(1/3 + 1/1) = 0.0139: 0.010 away is within; without a spread, 1% of the value
+    assert records["p_map_sgh_64"]["tolerance"] == pytest.approx(3 * 0.004 * (1 / 3 + 1) ** 0.5)
+    assert records["p_map_sgh_64"]["ok"] and records["p_map_itq_64"]["ok"]
+    assert records["p_map_itq_64"]["tolerance"] == pytest.approx(0.0017)
+    assert not records["p_other"]["ok"] and records["p_other"]["reproduced"] is None  # missing: not reproduced
+    assert verdict(list(records.values())) == "2 of 3 numbers reproduced within tolerance"
+    assert tolerance(0.15, 0.004, 3, 3) < tolerance(0.15, 0.004, 3, 1)
+
+
+@pytest.mark.slow
+def test_reproduce_executes_into_its_own_folder_reports_and_builds(tmp_path, mnist_root, monkeypatch):
+    """The smoke profile of one page: executed into --out (the published book untouched), compared with
+    a published copy in which one number was changed, the report written, the book built strictly."""
+    from rsgh.book.reproduce import reproduce
+
     monkeypatch.setenv("RSGH_DATA", str(mnist_root))
-    book = tmp_path / "book"
-    shutil.copytree(ROOT / "book", book, ignore=shutil.ignore_patterns("_build"))
+    monkeypatch.setenv("RSGH_WORKERS", "1")
+    published = tmp_path / "published"
+    shutil.copytree(ROOT / "book", published, ignore=shutil.ignore_patterns("_build"))
+    before = {p.name: p.read_bytes() for p in published.iterdir() if p.is_file()}
+    out = tmp_path / "repro"
     runs = tmp_path / "runs"
-    records = run_plan(PLAN, "smoke", book, only=["e1_mnist_reconstruction"], redo=True,
-                       extra_parameters={"runs_dir": str(runs)})
-    assert records[0]["status"] == "executed"
-    nb = nbformat.read(book / "e1_mnist_reconstruction.ipynb", as_version=4)
-    assert nb.metadata["papermill"]["parameters"]["epochs"] == 1
-    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
-    assert injected and "remove-cell" in injected[0].metadata["tags"]
-    # the same parameters again: skipped
-    again = run_plan(PLAN, "smoke", book, only=["e1_mnist_reconstruction"], extra_parameters={"runs_dir": str(runs)})
-    assert again[0]["status"] == "skipped"
-    build = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", "-W", "-n", "--keep-going",
-                            str(book)], capture_output=True, text=True)
-    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-    html = (book / "_build" / "html" / "e1_mnist_reconstruction.html").read_text()
-    assert "R-SGH" in html and "Traceback" not in html
-    assert (book / "_build" / "html" / "_static" / "mathjax").is_dir()  # MathJax served locally
+    reproduce("smoke", out=out, only=["mnist_pixels"], published=published, build=False, runs_dir=runs)
+    assert (out / "mnist_pixels.ipynb").exists()
+    assert {p.name: p.read_bytes() for p in published.iterdir() if p.is_file()} == before  # never written
+    numbers = glued(out / "mnist_pixels.ipynb")
+    assert numbers and all(k.startswith("mnist_pixels_") for k in numbers)
+    shutil.copy(out / "mnist_pixels.ipynb", published / "mnist_pixels.ipynb")
+    nb = nbformat.read(published / "mnist_pixels.ipynb", as_version=4)
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            if o.get("metadata", {}).get("scrapbook", {}).get("name") == "mnist_pixels_map_sgh_16":
+                o["data"]["application/papermill.record/text/plain"] = "0.9"
+    nbformat.write(nb, published / "mnist_pixels.ipynb")
+    second = reproduce("smoke", out=out, only=["mnist_pixels"], published=published, build=True, runs_dir=runs)
+    assert second == 1  # the changed number is outside its tolerance
+    import json
+
+    report = json.loads((out / "reproduction_report.json").read_text())
+    bad = [r for r in report if not r["ok"]]
+    assert [r["quantity"] for r in bad] == ["mnist_pixels_map_sgh_16"]
+    assert {"page", "quantity", "published", "reproduced", "tolerance", "ok"} <= set(report[0])
+    html = (out / "_build" / "html" / "reproduction_report.html").read_text()
+    assert "numbers reproduced within tolerance" in html
+    page = (out / "_build" / "html" / "mnist_pixels.html").read_text()
+    assert "MNIST, pixels" in page and "Traceback" not in page
 
 
 def test_a_failing_notebook_is_named_and_its_output_kept(tmp_path, mnist_root, monkeypatch):
+    from rsgh.errors import NotebookFailed
+
     monkeypatch.setenv("RSGH_DATA", str(mnist_root))
-    with pytest.raises(RuntimeError, match=r"notebook e1_mnist_reconstruction failed.*epochs='ten'.*partial output"):
+    with pytest.raises(NotebookFailed, match=r"notebook e1_mnist_reconstruction failed.*epochs='ten'.*partial output"):
         run_plan(PLAN, "smoke", tmp_path, only=["e1_mnist_reconstruction"],
                  extra_parameters={"epochs": "ten", "runs_dir": str(tmp_path / "runs")})
     assert (tmp_path / "e1_mnist_reconstruction.ipynb").exists()
-    with pytest.raises(ValueError, match="unknown notebook"):
+    with pytest.raises(ValueError, match="unknown page"):
         run_plan(PLAN, "smoke", tmp_path, only=["e9"])
+
+
+@pytest.mark.slow
+def test_published_book_builds_strictly(tmp_path):
+    book = tmp_path / "book"
+    shutil.copytree(ROOT / "book", book, ignore=shutil.ignore_patterns("_build"))
+    build = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", "-W", "-n", "--keep-going",
+                            str(book)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    assert (book / "_build" / "html" / "_static" / "mathjax").is_dir()  # MathJax served locally

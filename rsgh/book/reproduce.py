@@ -168,10 +168,13 @@ def verdict(records: list[dict]) -> str:
     return f"{good} of {len(records)} numbers reproduced within tolerance"
 
 
-def report_page(records: list[dict], profile: str, seconds: float) -> str:
+def report_page(records: list[dict], profile: str, seconds: float, copied: Sequence[str] = ()) -> str:
     """The reproduction report as a MyST page of the reproduction's book."""
     lines = ["# Reproduction report", "",
-             f"Profile `{profile}`, re-executed in {seconds / 60:.1f} minutes: **{verdict(records)}**.", "",
+             f"Profile `{profile}`, re-executed in {seconds / 60:.1f} minutes: **{verdict(records)}**.", ""]
+    if copied:
+        lines += [f"Pages not re-executed here (shown as published): {', '.join(copied)}.", ""]
+    lines += [
              "Each number is a headline number of the published book (glued by its notebook) beside the value "
              "re-executed here. Tolerance: $\\max(3\\,s\\sqrt{1/n_p + 1/n_r},\\ 0.01\\,|\\text{published}|)$, "
              "with $s$ the seed spread and $n_p$, $n_r$ the seeds behind each value.", "",
@@ -214,10 +217,11 @@ def _write_toc(out: Path) -> None:
 
 
 def reproduce(profile: str = "paper", out: str | Path | None = None, plan: str | Path = PLAN, only: Sequence[str] = (),
-              scheduler: str | None = None, build: bool = True, published: str | Path = ROOT / "book") -> int:
+              scheduler: str | None = None, build: bool = True, published: str | Path = ROOT / "book",
+              runs_dir: str | None = None) -> int:
     """Re-execute the plan into ``out`` (default ``reproduction/<profile>``), compare with the published
     book, write the report and build the reproduction's book. Returns 0 when every number is within
-    tolerance, else 1."""
+    tolerance, else 1. ``runs_dir``: where trained runs are kept and reused (default: the plan's)."""
     published = Path(published).resolve()
     out = Path(out or ROOT / "reproduction" / profile).resolve()
     if out == published:
@@ -231,11 +235,16 @@ def reproduce(profile: str = "paper", out: str | Path | None = None, plan: str |
 
         os.environ["RSGH_SCHEDULER"] = get_client().scheduler.address  # one local cluster for every page
     t0 = time.perf_counter()
-    records = run_plan(plan, profile, out, only)
+    records = run_plan(plan, profile, out, only, extra_parameters={"runs_dir": str(runs_dir)} if runs_dir else None)
     seconds = time.perf_counter() - t0
     report = compare(published, out, [r["notebook"] for r in records])
+    rerun = {r["notebook"] for r in records}
+    for name, _, _ in pages(plan, profile):  # pages not re-executed (--only): the published copies, said so
+        if name not in rerun and (published / f"{name}.ipynb").exists():
+            shutil.copy2(published / f"{name}.ipynb", out / f"{name}.ipynb")
     (out / "reproduction_report.json").write_text(json.dumps(report, indent=2))
-    (out / "reproduction_report.md").write_text(report_page(report, profile, seconds))
+    copied = sorted(name for name, _, _ in pages(plan, profile) if name not in rerun and (out / f"{name}.ipynb").exists())
+    (out / "reproduction_report.md").write_text(report_page(report, profile, seconds, copied))
     _write_toc(out)
     print(f"{len(records)} page(s) in {seconds:.0f} s; {verdict(report)}; report: {out / 'reproduction_report.json'}")
     for r in report:
@@ -247,6 +256,8 @@ def reproduce(profile: str = "paper", out: str | Path | None = None, plan: str |
         done = subprocess.run([str(jb) if jb.exists() else "jupyter-book", "build", "-W", "-n", "--keep-going",
                                str(out)], capture_output=True, text=True)
         if done.returncode != 0:
-            raise NotebookFailed(f"the reproduction's book did not build strictly: {done.stdout[-1500:]}")
+            problems = [line for line in (done.stdout + done.stderr).splitlines() if "WARNING" in line or "ERROR" in line]
+            raise NotebookFailed(f"the reproduction's book in {out} did not build strictly: "
+                                 + " | ".join(problems[:5]))
         print(f"book: {out / '_build' / 'html' / 'index.html'}")
     return 0 if all(r["ok"] for r in report) else 1
