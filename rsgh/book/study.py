@@ -102,12 +102,12 @@ def run_trial(cfg: Config, out: str, data_root, storage: str, study_name: str, t
     """A Dask task: train one trial's model (resuming its run folder), reporting to the study.
     Returns its state, best validation mAP, epochs trained and wall time."""
     import optuna
-    import torch
 
     from ..train.rundir import RunDir
     from ..train.task import run_group
+    from .schedule import tune_worker_process
 
-    torch.set_num_threads(1)
+    tune_worker_process(1)
     t0, state = time.perf_counter(), "complete"
     try:
         run_group([cfg], [out], data_root, Runtime(progress=False), resume=True,
