@@ -125,3 +125,52 @@ def validation_curves(curves: pd.DataFrame, finals: pd.DataFrame, column: str = 
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def recall_curves(table: pd.DataFrame):
+    """Recall10@N against N (log scale), one panel per dataset and code length, one line per method
+    (mean over seeds)."""
+    datasets, ks = list(dict.fromkeys(table["dataset"])), sorted(table["bits"].unique())
+    fig, axes = plt.subplots(len(datasets), len(ks), figsize=(4.4 * len(ks), 3.4 * len(datasets)), squeeze=False)
+    for row, dataset in zip(axes, datasets):
+        for ax, k in zip(row, ks):
+            part = table[(table["dataset"] == dataset) & (table["bits"] == k)]
+            sns.lineplot(data=part, x="N", y="recall", hue="method", errorbar=None, ax=ax, legend=ax is axes[0][-1])
+            ax.set(xscale="log", title=f"{dataset}, K = {k}", ylabel="Recall10@N")
+            ax.grid(alpha=0.3, which="both")
+    if axes[0][-1].get_legend():
+        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=8, title=None)
+    fig.tight_layout()
+    return fig
+
+
+def study_figures(studies: dict):
+    """Each study's optimisation history (the validation mAP of every trial, pruned ones at their last
+    reported value, and the best so far) and Optuna's parameter importances (fANOVA), side by side."""
+    import optuna
+    from optuna.trial import TrialState
+
+    fig, axes = plt.subplots(2, len(studies), figsize=(6.5 * len(studies), 8.5), squeeze=False)
+    for col, (label, study) in enumerate(studies.items()):
+        ax = axes[0][col]
+        done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        value = {t.number: t.value if t.state == TrialState.COMPLETE else
+                 (list(t.intermediate_values.values())[-1] if t.intermediate_values else np.nan) for t in done}
+        for state, marker in ((TrialState.COMPLETE, "o"), (TrialState.PRUNED, "x")):
+            xs = [t.number for t in done if t.state == state]
+            ax.scatter(xs, [value[x] for x in xs], marker=marker, s=18, label=state.name.lower())
+        complete = sorted((t.number, t.value) for t in done if t.state == TrialState.COMPLETE)
+        if complete:
+            ax.step([n for n, _ in complete], np.maximum.accumulate([v for _, v in complete]), where="post",
+                    color="black", lw=1, label="best so far")
+        ax.set(title=f"{label}: trials", xlabel="trial", ylabel="validation mAP")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        importance = optuna.importance.get_param_importances(study)
+        ax = axes[1][col]
+        names = list(importance)[::-1]
+        ax.barh(names, [importance[n] for n in names], color="tab:blue")
+        ax.set(title=f"{label}: parameter importance (fANOVA)", xlabel="share of the variance of validation mAP")
+        ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return fig
