@@ -1,7 +1,8 @@
 # Two commands do everything on a fresh machine:
-#   make reproduce   create .venv, execute every notebook of the book (papermill, the patents'
-#                    settings; trained models are reused from runs/), build the book, print its path
-#   make test        create .venv if needed, run the test suite
+#   make reproduce   create .venv, re-execute every page of the book into reproduction/$(PROFILE)/ (papermill,
+#                    on a local Dask cluster; trained runs in runs/ are reused), compare every published number
+#                    with the re-executed one (reproduction_report.json), build that book, print its path
+#   make test        create .venv if needed, run the whole test suite (make fast: the fast lane only)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,7 +12,7 @@ export RSGH_DATA
 RUNS ?= runs
 
 PROFILE ?= paper
-.PHONY: venv reproduce book test e1 reference clean-venv
+.PHONY: venv reproduce book test fast e1 reference clean-venv
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -28,8 +29,7 @@ reference: venv
 	$(PY) -m rsgh train --config sgh-reference --out $(RUNS)/sgh-reference --resume
 
 reproduce: venv
-	RSGH_WORKERS=$${RSGH_WORKERS:-$$(nproc)} $(PY) -m rsgh reproduce --profile $(PROFILE)  # one training process per core
-	$(MAKE) book
+	RSGH_WORKERS=$${RSGH_WORKERS:-$$(nproc)} $(PY) -m rsgh reproduce --profile $(PROFILE)  # one worker per core
 
 book: venv
 	$(VENV)/bin/jupyter-book build -W -n --keep-going book
@@ -37,6 +37,9 @@ book: venv
 
 test: venv
 	$(PY) -m pytest
+
+fast: venv
+	$(PY) -m pytest -m "not slow"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -88,7 +88,8 @@ def cmd_reproduce(args) -> int:
     from .book.reproduce import reproduce
 
     return reproduce(args.profile, out=args.out, plan=args.plan, only=args.only or (), scheduler=args.scheduler,
-                     build=not args.no_build, published=args.published, runs_dir=args.runs_dir)
+                     build=not args.no_build, published=args.published, runs_dir=args.runs_dir,
+                     publish=args.publish)
 
 
 def cmd_study(args) -> int:
@@ -187,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--published", default=str(ROOT / "book"), help="the published book to compare with")
     r.add_argument("--no-build", action="store_true", help="do not build the reproduction's book")
     r.add_argument("--runs-dir", help="where trained runs are kept and reused (default: the plan's, e.g. runs/)")
+    r.add_argument("--publish", action="store_true",
+                   help="then copy the executed pages into the published book (--published; for its maintainers)")
     r.set_defaults(func=cmd_reproduce)
     st = sub.add_parser("study", help="a hyperparameter study (Optuna) of one method, tuned on validation queries")
     st.add_argument("--method", required=True, choices=["sgh", "rsgh"])

@@ -218,10 +218,12 @@ def _write_toc(out: Path) -> None:
 
 def reproduce(profile: str = "paper", out: str | Path | None = None, plan: str | Path = PLAN, only: Sequence[str] = (),
               scheduler: str | None = None, build: bool = True, published: str | Path = ROOT / "book",
-              runs_dir: str | None = None) -> int:
+              runs_dir: str | None = None, publish: bool = False) -> int:
     """Re-execute the plan into ``out`` (default ``reproduction/<profile>``), compare with the published
     book, write the report and build the reproduction's book. Returns 0 when every number is within
-    tolerance, else 1. ``runs_dir``: where trained runs are kept and reused (default: the plan's)."""
+    tolerance, else 1. ``runs_dir``: where trained runs are kept and reused (default: the plan's).
+    ``publish``: then copy the executed pages into the published book (what its maintainers do to
+    update it; never done otherwise)."""
     published = Path(published).resolve()
     out = Path(out or ROOT / "reproduction" / profile).resolve()
     if out == published:
@@ -251,6 +253,10 @@ def reproduce(profile: str = "paper", out: str | Path | None = None, plan: str |
         if not r["ok"]:
             print(f"  outside tolerance: {r['page']} {r['quantity']}: published {r['published']:.4g}, reproduced "
                   f"{r['reproduced']}, tolerance {r['tolerance']:.3g}")
+    if publish:
+        for r in records:
+            shutil.copy2(out / f"{r['notebook']}.ipynb", published / f"{r['notebook']}.ipynb")
+        print(f"published {len(records)} page(s) into {published}")
     if build:
         jb = Path(sys.executable).parent / "jupyter-book"
         done = subprocess.run([str(jb) if jb.exists() else "jupyter-book", "build", "-W", "-n", "--keep-going",
