@@ -85,8 +85,8 @@ SLOW_WRITER = textwrap.dedent("""
     if sys.argv[1] == "atomic_write":
         files.atomic_write(out / "file.bin", slow(lambda fh: fh.write(b"new" * 100_000)))
     else:  # a checkpoint: save_checkpoint moves the current one aside, then writes the new one
-        real_save = torch.save
-        torch.save = lambda obj, path: slow(lambda fh: real_save(obj, fh))(path)
+        from rsgh.train import rundir
+        rundir.atomic_write_file = lambda path, write_all: files.atomic_write(path, slow(write_all))
         RunDir(out).save_checkpoint({"state": {"iteration": 999}, "weights": torch.ones(50_000)})
 """)
 
@@ -113,7 +113,9 @@ def test_sigkill_during_atomic_write_keeps_the_old_file(tmp_path):
 
 
 def test_sigkill_while_a_checkpoint_is_written_keeps_the_previous_one(tmp_path):
-    old = {"state": {"iteration": 400}, "weights": torch.arange(10.0)}
+    old = {"model": {}, "optimizer": {}, "lambda": torch.zeros(1), "data_generator": torch.zeros(1),
+           "noise_generator": torch.zeros(1), "state": {"iteration": 400}, "log": {"rows": [], "units": [], "best": {}},
+           "weights": torch.arange(10.0)}
     torch.save(old, tmp_path / CHECKPOINT)
     saved = (tmp_path / CHECKPOINT).read_bytes()
     kill_when_half_written("checkpoint", tmp_path)

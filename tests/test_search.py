@@ -397,7 +397,7 @@ def test_other_user_mistakes(grey, grey_index, tmp_path, capsys):
     bad_model.mkdir()
     (bad_model / "model.pt").write_bytes(b"not a model")
     assert_error(cli(capsys, "encode", "--model", bad_model, "--images", folder, "--out", out),
-                 "is not a readable rsgh model")
+                 "model.pt is not a readable rsgh file", "get an intact copy")
 
 
 def test_evaluate_needs_labels_that_share_classes(grey, grey_index, tmp_path, capsys):
@@ -485,7 +485,7 @@ def test_a_failure_at_any_step_of_a_first_encode_leaves_nothing(grey, tmp_path, 
 # One real process for every SIGKILL scenario (importing torch is the slow part): it imports, then
 # per scenario forks a child that patches one step to SIGKILL itself and runs the command line.
 KILLER = textwrap.dedent("""
-    import json, os, signal, sys
+    import json, os, pathlib, signal, sys
     import faiss, torch
     import rsgh.cli as rs_cli
     import rsgh.index.store as rs_store
@@ -493,13 +493,11 @@ KILLER = textwrap.dedent("""
     def kill(*a, **k):
         os.kill(os.getpid(), signal.SIGKILL)
 
-    def half_then_kill(index, path):  # a shard file half written, then the kill
-        real_write(index, path)
-        with open(path, "r+b") as fh:
-            fh.truncate(os.path.getsize(path) // 2)
+    def half_then_kill(path, data):  # a shard file half written (the shard is the one write_bytes), then the kill
+        real_write(path, data[:len(data) // 2])
         kill()
 
-    real_write = faiss.write_index_binary
+    real_write = pathlib.Path.write_bytes
     statuses = []
     for when, argv in json.loads(sys.argv[1]):
         pid = os.fork()
@@ -507,7 +505,7 @@ KILLER = textwrap.dedent("""
             if when == "before-manifest":
                 rs_store._write_manifest = kill
             else:
-                faiss.write_index_binary = half_then_kill
+                pathlib.Path.write_bytes = half_then_kill
             rs_cli.main(argv)
             os._exit(0)
         statuses.append(os.waitpid(pid, 0)[1])

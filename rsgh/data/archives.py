@@ -4,6 +4,11 @@ member names, image decoding, and the md5 memo of large archives.
 Everything is read straight from the archives (never unpacked: the data root may be read-only).
 md5 digests of archives are remembered in ``cache_dir()/md5-memo.json`` keyed by (path, size,
 mtime), so a large archive is hashed once.
+
+Received archives cannot exhaust memory: a member (or file) whose size exceeds
+``$RSGH_MAX_IMAGE_BYTES`` (default 256 MiB, far above any real image) is refused before it is read,
+and never more than that is read even when its header lies; an image of more pixels than PIL's
+``Image.MAX_IMAGE_PIXELS`` (a decompression bomb) is an undecodable image.
 """
 
 from __future__ import annotations
@@ -132,6 +137,41 @@ class CorruptArchive(ValueError):
     pass
 
 
+MAX_BYTES_VAR = "RSGH_MAX_IMAGE_BYTES"
+DEFAULT_MAX_BYTES = 256 << 20  # no real image file comes near it; a decompression bomb would
+
+
+def max_member_bytes() -> int:
+    """The largest member (image file) read, in bytes: ``$RSGH_MAX_IMAGE_BYTES`` or 256 MiB."""
+    text = os.environ.get(MAX_BYTES_VAR, "").strip()
+    if not text:
+        return DEFAULT_MAX_BYTES
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{MAX_BYTES_VAR}={text!r}: expected a positive number of bytes")
+    return value
+
+
+def _too_large(path: Path, name: str, size: int, limit: int) -> ValueError:
+    return ValueError(f"{path}: member {name} is {size:,} bytes uncompressed, more than the limit of {limit:,} "
+                      f"bytes for one image (a decompression bomb?); if it is a genuine image, raise the limit "
+                      f"with {MAX_BYTES_VAR}=<bytes>")
+
+
+def _bounded_read(fh, path: Path, name: str, declared: int, limit: int) -> bytes:
+    """A member's bytes, refused before reading when it declares more than ``limit`` and never read
+    past ``limit`` (a header that lies about the size cannot exhaust memory)."""
+    if declared > limit:
+        raise _too_large(path, name, declared, limit)
+    data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise _too_large(path, name, len(data), limit)
+    return data
+
+
 def _corrupt(path: Path, err) -> CorruptArchive:
     if isinstance(err, tarfile.ReadError) and err.__cause__ is not None:
         err = err.__cause__  # "not a gzip file" from a truncated one: say what went wrong
@@ -141,7 +181,8 @@ def _corrupt(path: Path, err) -> CorruptArchive:
 
 class Reader:
     """Regular files of a folder or archive: ``names()`` (posix paths, in storage order) and
-    ``read(names)`` -> (name, bytes) pairs (in storage order for a tar)."""
+    ``read(names)`` -> (name, bytes) pairs (in storage order for a tar). A member larger than
+    :func:`max_member_bytes` is refused before it is read."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -172,8 +213,11 @@ class _FolderReader(Reader):
         return out
 
     def read(self, wanted):
+        limit = max_member_bytes()
         for name in wanted:
-            yield name, (self.path / name).read_bytes()
+            with open(self.path / name, "rb") as fh:
+                data = _bounded_read(fh, self.path, name, os.fstat(fh.fileno()).st_size, limit)
+            yield name, data
 
 
 class _ZipReader(Reader):
@@ -188,11 +232,15 @@ class _ZipReader(Reader):
         return [i.filename for i in self.zf.infolist() if not i.is_dir()]
 
     def read(self, wanted):
+        limit = max_member_bytes()
         for name in wanted:
             try:
-                yield name, self.zf.read(name)
+                info = self.zf.getinfo(name)
+                with self.zf.open(info) as fh:
+                    data = _bounded_read(fh, self.path, name, info.file_size, limit)
             except _ARCHIVE_ERRORS as err:
                 raise _corrupt(self.path, err) from None
+            yield name, data
 
     def close(self):
         self.zf.close()
@@ -223,11 +271,13 @@ class _TarReader(Reader):
         return list(self.members)
 
     def read(self, wanted):
+        limit = max_member_bytes()
         for member in sorted((self.members[n] for n in wanted), key=lambda m: m.offset_data):
             try:
-                yield member.name, self.tf.extractfile(member).read()
+                data = _bounded_read(self.tf.extractfile(member), self.path, member.name, member.size, limit)
             except _ARCHIVE_ERRORS as err:
                 raise _corrupt(self.path, err) from None
+            yield member.name, data
 
     def close(self):
         if self.tf is not None:
@@ -279,10 +329,38 @@ def strip_common_top(parts_list: list[list[str]], depth: int) -> list[list[str]]
 _JPEG_EXT = (".jpg", ".jpeg")
 
 
+@contextlib.contextmanager
+def no_bombs():
+    """PIL's decompression-bomb guard made strict: an image of more than ``Image.MAX_IMAGE_PIXELS``
+    pixels (PIL only warns up to twice that) is a ``ValueError``, i.e. an undecodable image."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            yield
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise ValueError(f"too many pixels for one image: {' '.join(str(err).split())}") from None
+
+
+def image_mode(data: bytes) -> str:
+    """The PIL mode of encoded image bytes, without decoding them (a decompression bomb is refused)."""
+    from PIL import Image
+
+    with no_bombs(), Image.open(io.BytesIO(data)) as probe:
+        return probe.mode
+
+
 def decode_image(data: bytes, name: str = "", image_size: tuple[int, int] | None = None) -> np.ndarray:
     """uint8 (H, W, 3) from encoded bytes: grey, palette, RGBA (alpha dropped), CMYK, 16-bit grey
     converted to RGB; optionally resized to ``image_size = (h, w)`` with PIL bilinear. Raises
-    ``OSError`` / ``ValueError`` (from PIL) for undecodable data."""
+    ``OSError`` / ``ValueError`` (from PIL) for undecodable data, and a ``ValueError`` for an image
+    of more than PIL's ``Image.MAX_IMAGE_PIXELS`` pixels (a decompression bomb)."""
+    with no_bombs():
+        return _decode(data, name, image_size)
+
+
+def _decode(data: bytes, name: str, image_size: tuple[int, int] | None) -> np.ndarray:
     from PIL import Image
 
     formats = ["JPEG"] if name.lower().endswith(_JPEG_EXT) else None

@@ -13,12 +13,14 @@ import gzip
 import hashlib
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..paths import data_root
+from .archives import MAX_BYTES_VAR, max_member_bytes
 
 # name -> (folder, base url, {file stem: (md5 of the uncompressed file, md5 of the official .gz)})
 REGISTRY = {
@@ -59,13 +61,16 @@ def parse_idx(raw: bytes, what: str = "IDX data") -> np.ndarray:
 
 
 def _read_bytes(path: Path) -> bytes:
-    if path.suffix == ".gz":
-        try:
-            with gzip.open(path, "rb") as fh:
-                return fh.read()
-        except (OSError, EOFError) as err:
-            raise ValueError(f"{path} is not a readable gzip file ({err}); delete it and download it again") from None
-    return path.read_bytes()
+    limit = max_member_bytes()  # the largest official file inflates to 47 MB: a bigger one is refused unread
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as fh:
+            raw = fh.read(limit + 1)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise ValueError(f"{path} is not a readable gzip file ({err}); delete it and download it again") from None
+    if len(raw) > limit:
+        raise ValueError(f"{path} holds more than {limit:,} bytes (uncompressed), more than any IDX file of these "
+                         f"datasets; replace it with the official file (or raise {MAX_BYTES_VAR})")
+    return raw
 
 
 def _find(folder: Path, stem: str) -> Path | None:

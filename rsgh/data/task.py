@@ -71,6 +71,11 @@ def load_task_data(cfg, root=None, progress: bool = True) -> TaskData:
         d = load_train_test(cfg, root)
         return TaskData(d.train_x, d.test_x, d.source, d.checksums)
     images, checksums = load_images(cfg, root)
+    if len(np.unique(images.labels)) < 2:
+        raise ValueError(f"{images.source}: all {len(images):,} images are in one class "
+                         f"({', '.join(images.class_names) or 'none'}); retrieval needs at least two classes (with "
+                         "one, every image is relevant and mAP is 1.0 whatever the codes): give a folder with two "
+                         "or more <class>/<image> folders")
     raw = np.asarray(collection_features(cfg, images.images, images.checksum, progress), dtype=np.float32)
     kwargs = ({"n_queries": cfg.n_queries, "n_validation": cfg.n_validation} if cfg.n_queries > 0 else
               {"per_class": cfg.queries_per_class, "validation_per_class": cfg.validation_per_class})

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import os
 import sys
 from collections import Counter
@@ -22,7 +21,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..data.archives import IMAGE_EXTENSIONS, decode_image, is_hidden, is_image_name, name_parts, open_reader
+from ..data.archives import (IMAGE_EXTENSIONS, decode_image, image_mode, is_hidden, is_image_name, name_parts,
+                             open_reader)
 from ..data.features import FeatureSpec, apply_scaling, feature_spec, image_features, load_scaling
 
 BATCH = 1024  # images decoded, featurised and hashed per step
@@ -101,10 +101,12 @@ def load_encoder(run_dir: str | os.PathLike) -> Encoder:
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path} not found: is {run_dir} a finished run directory "
                                 "(python -m rsgh train ... writes model.pt at the end)?")
-    from ..train.rundir import load_model  # imports torch: after the quick checks
+    from ..train.rundir import DamagedRunError, load_model  # imports torch: after the quick checks
 
     try:
         model, cfg = load_model(run_dir)  # tensors and plain data only: a received file runs no code
+    except DamagedRunError as err:  # its message names the file already
+        raise SearchError(str(err)) from None
     except (ValueError, KeyError, TypeError) as err:
         raise SearchError(f"{model_path} is not a readable rsgh model ({first_line(err)})") from None
     try:
@@ -181,8 +183,7 @@ class Preparer:
         from PIL import Image
 
         try:
-            with Image.open(io.BytesIO(data)) as probe:
-                mode = probe.mode
+            mode = image_mode(data)
             rgb = decode_image(data, name)  # grey, palette, RGBA (alpha dropped), CMYK, 16 bit -> RGB
         except Exception as err:  # PIL raises OSError, ValueError, SyntaxError, EOFError, ...
             from PIL import UnidentifiedImageError

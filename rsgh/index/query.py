@@ -57,6 +57,9 @@ def evaluate(index_dir: str | os.PathLike, queries: str | os.PathLike, ks: Seque
     if len(index) == 0 or unlabelled:
         raise SearchError(f"index {index_dir} has {unlabelled:,} unlabelled image(s) of {len(index):,}: evaluate needs "
                           "every indexed image in a class folder (<class>/<image>)")
+    if len(set(index.labels)) < 2:
+        raise SearchError(f"index {index_dir} holds one class only ({index.labels[0]}): evaluation needs at least two "
+                          "(with one, every image is relevant and mAP is 1.0 whatever the codes)")
     encoder = index.encoder()
     with open_images(queries) as collection:
         missing = [n for n in collection.names if collection.labels[n] is None]

@@ -329,7 +329,8 @@ def _add_shard(out: Path, manifest: dict, codes: np.ndarray, names: list[str], l
     bin_name, csv_name = _shard_files(len(manifest["shards"]))
     index = faiss.IndexBinaryFlat(manifest["code_size"] * 8)
     index.add(np.ascontiguousarray(packed))
-    _write_atomic(out / bin_name, lambda p: faiss.write_index_binary(index, str(p)))
+    data = faiss.serialize_index_binary(index).tobytes()  # then a Python write: a full disk is an OSError
+    _write_atomic(out / bin_name, lambda p: p.write_bytes(data))
 
     def write_list(p):
         with open(p, "w", newline="", encoding="utf-8") as fh:

@@ -29,7 +29,7 @@ from ..data.task import TaskData
 from ..method.measures import evaluate
 from ..method.model import HashModel
 from ..method.objective import PARTS, GroupSpec, check_group
-from .rundir import RunDir, check_state, finished_runs, git_commit, versions
+from .rundir import DamagedRunError, RunDir, check_state, finished_runs, git_commit, versions
 from .step import make_step, pick_device
 
 
@@ -104,6 +104,25 @@ def _common_checkpoints(runs: Sequence[RunDir], device) -> list[dict] | None:
     return [f[max(common)] for f in found]
 
 
+def _check_checkpoint(ckpt: dict, cfg: Config, model: HashModel, data: TaskData) -> None:
+    """Refuse a checkpoint of another run (another configuration, other shapes) and a resume on
+    other data than the run started with (another folder, or a file changed since)."""
+    path = ckpt["path"]
+    if ckpt.get("identity", cfg.identity()) != cfg.identity():
+        raise DamagedRunError(f"{path} does not belong to this run (it was written by a run of another "
+                              "configuration); put back this run's own checkpoint, or train it anew in another --out")
+    try:
+        check_state(model, ckpt["model"], path)
+    except DamagedRunError as err:
+        raise DamagedRunError(f"{err}; put back this run's own checkpoint, or train it anew in another --out") from None
+    saved, now = ckpt.get("data_checksums"), data.checksums
+    if saved is not None and saved != now:
+        diff = "; ".join(f"{k}: saved {saved.get(k)} vs now {now.get(k)}" for k in sorted(set(saved) | set(now))
+                         if saved.get(k) != now.get(k))
+        raise ValueError(f"{path.parent}: the training data differ from those the run started on ({diff}); resume "
+                         "with the same data, or train anew in another --out")
+
+
 def _prepare(configs: Sequence[Config], runs: Sequence[RunDir], resume: bool, stack: contextlib.ExitStack) -> None:
     """Check every run folder before creating any (a bad second folder leaves no first one behind),
     then create them, holding their locks (a second training into the same folder is refused)."""
@@ -112,7 +131,7 @@ def _prepare(configs: Sequence[Config], runs: Sequence[RunDir], resume: bool, st
     for c, r in zip(configs, runs):
         r.path.mkdir(parents=True, exist_ok=True)
         stack.enter_context(r.lock())
-        r.check(c, resume)  # again under the lock: another process may have written it meanwhile
+        r.check(c, resume, holding_lock=True)  # again: another process may have written it meanwhile
         r.create(c)
 
 
@@ -172,7 +191,7 @@ class _Training:
         if not ckpts:
             return
         for m, c in zip(self.members, ckpts):
-            check_state(self.model, c["model"], m.run.file("checkpoint.pt"))
+            _check_checkpoint(c, m.cfg, self.model, self.data)
         self.model.load_members([c["model"] for c in ckpts])
         self.opt.load_state_dict(_stack_optimizer_states([c["optimizer"] for c in ckpts]))
         self.lam.copy_(torch.stack([c["lambda"] for c in ckpts]))
@@ -191,7 +210,8 @@ class _Training:
                     "model": self.model.member_state(g), "optimizer": _member_optimizer_state(opt_state, g),
                     "lambda": self.lam[g].clone(), "data_generator": self.data_gen.get_state(),
                     "noise_generator": self.noise_gens[g].get_state(), "state": dict(self.shared),
-                    "log": {"rows": m.rows, "units": m.units, "best": m.best}})
+                    "log": {"rows": m.rows, "units": m.units, "best": m.best}, "identity": m.cfg.identity(),
+                    "data_checksums": dict(self.data.checksums)})
 
     def record(self, sums: torch.Tensor | None, count: int) -> None:
         """Evaluate every running model, log, keep the best, checkpoint, stop the patient ones, run hooks."""

@@ -12,7 +12,10 @@
 
 Every file is written atomically. Models and checkpoints hold only tensors, numbers, strings and
 lists / dicts of them, and are read with ``torch.load(weights_only=True)``: a model file received
-from someone else cannot run code. A folder is locked while a process trains into it.
+from someone else cannot run code. A folder is locked while a process trains into it. A checkpoint
+names its run (the configuration's identity) and the checksums of its training data, so a resume
+refuses another run's checkpoint and data that changed; a damaged latest checkpoint falls back to
+the previous one.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import os
 import platform
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -34,12 +38,17 @@ from .. import __version__
 from ..config import Config, config_from_dict
 from ..data.features import load_scaling, save_scaling
 from ..data.split import Split
-from ..files import atomic_text, atomic_write, folder_lock
+from ..errors import BusyError
+from ..files import atomic_text, atomic_write_file, check_writable, folder_lock, is_locked
 from ..method.model import HashModel
 
 CHECKPOINT, PREVIOUS, BEST, MODEL = "checkpoint.pt", "checkpoint.prev.pt", "best.pt", "model.pt"
 OWN = {"config.json", "metrics.csv", "units.csv", CHECKPOINT, PREVIOUS, BEST, MODEL, "summary.json",
        "retrieval.json", "retrieval_best.json", "split.json", "feature_scaling.npz", ".lock"}
+CHECKPOINT_KEYS = ("model", "optimizer", "lambda", "data_generator", "noise_generator", "state", "log")
+SUMMARY_KEYS = ("config", "final", "epochs", "wall_time_s", "seconds_per_epoch", "train_recon_half_sse",
+                "data_source", "git_commit")
+FINAL_KEYS = ("recon_mse", "recon_half_sse", "active_units_001", "active_units_005", "mean_kl", "bit_corr_mean")
 
 
 class RunExistsError(ValueError):
@@ -53,17 +62,54 @@ class DamagedRunError(ValueError):
 def _safe_load(path: Path, device="cpu"):
     """``torch.load`` of tensors and plain data only: never unpickles an object."""
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # truncated zip, a pickled object (refused), garbage: many kinds
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "Weights only load failed" in str(err) or "weights_only" in str(err):
-            first = "it holds Python objects other than tensors and plain data, which are never unpickled"
-        raise DamagedRunError(f"{path} is not a readable rsgh file ({first})") from None
+        text = str(err).strip()
+        if "Weights only load failed" in text and "GLOBAL" in text:
+            raise DamagedRunError(f"{path} is not an rsgh file: it holds Python objects other than tensors and "
+                                  "plain data, which rsgh never unpickles (they could run code); do not use it, "
+                                  "ask for a file written by rsgh") from None
+        lines = [t.strip() for t in text.splitlines() if t.strip() and not t.startswith(("Please file", "Check the"))]
+        first = (lines[1] if "Weights only load failed" in text and len(lines) > 1 else
+                 lines[0] if lines else type(err).__name__)
+        raise DamagedRunError(f"{path} is not a readable rsgh file ({first}); it is truncated or damaged: "
+                              "get an intact copy") from None
+
+
+def _save(path: Path, payload) -> None:
+    """``torch.save`` into memory, then an ordinary atomic write: a full disk is an ``OSError``
+    naming the file (torch's own writer says "[enforce fail at inline_container.cc]")."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getvalue()
+    atomic_write_file(path, lambda fh: fh.write(data))
+
+
+def _checkpoint_iteration(ckpt, path: Path) -> int:
+    """The iteration of a loaded checkpoint, or a DamagedRunError saying what it lacks."""
+    if not isinstance(ckpt, dict):
+        raise DamagedRunError(f"{path} is not an rsgh checkpoint (it holds a {type(ckpt).__name__})")
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    state, log = ckpt.get("state"), ckpt.get("log")
+    if "state" in ckpt and not (isinstance(state, dict) and "iteration" in state):
+        missing.append("state.iteration")
+    if "log" in ckpt and not (isinstance(log, dict) and {"rows", "units", "best"} <= set(log)):
+        missing.append("log.rows/units/best")
+    if missing:
+        raise DamagedRunError(f"{path} is not an rsgh checkpoint (no {', '.join(missing)} entry)")
+    try:
+        return int(ckpt["state"]["iteration"])
+    except (TypeError, ValueError):
+        raise DamagedRunError(f"{path} is not an rsgh checkpoint (its iteration is "
+                              f"{ckpt['state']['iteration']!r})") from None
 
 
 class RunDir:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.damaged: set[str] = set()  # checkpoint files found unreadable (never rotated over a good one)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -81,31 +127,43 @@ class RunDir:
     def config_diff(self, cfg: Config) -> dict:
         """{field: (saved, now)} where ``cfg`` differs from config.json."""
         saved = self._json("config.json")
-        if not isinstance(saved, dict):
-            raise DamagedRunError(f"{self.file('config.json')} does not hold a configuration object")
+        try:
+            config_from_dict(saved, str(self.file("config.json")))
+        except ValueError as err:
+            raise DamagedRunError(f"{err}; it is not a configuration of this rsgh (a damaged run, or not a run "
+                                  "folder): choose another --out") from None
         return {k: (saved.get(k), v) for k, v in cfg.to_dict().items() if saved.get(k) != v}
 
-    def check(self, cfg: Config, resume: bool) -> None:
+    def check(self, cfg: Config, resume: bool, holding_lock: bool = False) -> None:
         """Raise unless the folder can take a run of ``cfg``: absent or empty, or (``resume``) holding
-        a run of exactly ``cfg``. Writes nothing."""
+        a run of exactly ``cfg`` with a readable checkpoint (if any), not in use by another process,
+        and writable. Writes nothing."""
         if self.path.exists() and not self.path.is_dir():
             raise RunExistsError(f"--out {self.path} is a file, not a run folder; choose another --out")
+        if not holding_lock and self.path.is_dir() and is_locked(self.path):
+            raise BusyError(f"{self.path} is in use by another process (a training); wait for it to finish")
         names = {p.name for p in self.path.iterdir()} - {".lock"} if self.path.is_dir() else set()
         if not names:
+            check_writable(self.path)  # a read-only place is said now, before any data is loaded
             return
         if "config.json" not in names:
             foreign = sorted(n for n in names if n not in OWN)
             listed = ", ".join(foreign[:3]) or "no config.json"
             raise RunExistsError(f"{self.path} holds files that are not a run ({listed}); choose another --out")
-        if names == {"config.json"} and not self.config_diff(cfg):
+        diff = self.config_diff(cfg)
+        if names == {"config.json"} and not diff:
+            check_writable(self.path)
             return  # created, but nothing trained yet: the same run may start
         if not resume:
             raise RunExistsError(f"{self.path} already holds a run; pass --resume to continue it or choose "
                                  "another --out")
-        diff = self.config_diff(cfg)
         if diff:
             raise ValueError(f"--resume with a different configuration than {self.file('config.json')}: "
                              + ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items()))
+        if not self.is_finished():  # a finished run is only read (it may lie on a read-only disk)
+            check_writable(self.path)
+            if not holding_lock:
+                self.checkpoints(warn=False)  # damaged checkpoints are said now, before any data is loaded
 
     def create(self, cfg: Config) -> None:
         """Write config.json into the (checked, locked) folder unless it holds it already."""
@@ -128,24 +186,29 @@ class RunDir:
 
     # ------------------------------------------------------------------ checkpoints and models
     def save_checkpoint(self, payload: dict) -> None:
-        if self.file(CHECKPOINT).exists():
-            os.replace(self.file(CHECKPOINT), self.file(PREVIOUS))
-        atomic_write(self.file(CHECKPOINT), lambda p: torch.save(payload, p))
+        if self.file(CHECKPOINT).exists() and CHECKPOINT not in self.damaged:
+            os.replace(self.file(CHECKPOINT), self.file(PREVIOUS))  # a damaged one never replaces a good one
+        _save(self.file(CHECKPOINT), payload)
+        self.damaged.discard(CHECKPOINT)
 
-    def checkpoints(self, device="cpu") -> dict[int, dict]:
+    def checkpoints(self, device="cpu", warn: bool = True) -> dict[int, dict]:
         """{iteration: checkpoint} of the readable checkpoints (a damaged latest one falls back to the
-        previous; both damaged is an error naming them)."""
+        previous, with a warning; both damaged is an error naming them)."""
         found, errors = {}, []
         for name in (CHECKPOINT, PREVIOUS):
             if self.file(name).exists():
                 try:
                     ckpt = _safe_load(self.file(name), device)
-                    found[int(ckpt["state"]["iteration"])] = ckpt
-                except (DamagedRunError, KeyError, TypeError, ValueError) as err:
-                    errors.append(str(err) if isinstance(err, DamagedRunError) else
-                                  f"{self.file(name)} is not an rsgh checkpoint (no {err})")
+                    found[_checkpoint_iteration(ckpt, self.file(name))] = ckpt
+                    ckpt["path"] = self.file(name)  # for messages (never saved)
+                except DamagedRunError as err:
+                    errors.append(str(err))
+                    self.damaged.add(name)
         if errors and not found:
             raise DamagedRunError("; ".join(errors) + ": the run cannot continue; train it anew in another --out")
+        if errors and warn:
+            warnings.warn(f"{errors[0]}; continuing from the other checkpoint (iteration {max(found)})",
+                          stacklevel=2)
         return found
 
     def drop_checkpoints(self) -> None:
@@ -153,8 +216,7 @@ class RunDir:
         self.file(CHECKPOINT).unlink(missing_ok=True)
 
     def save_model(self, cfg: Config, state: dict, input_dim: int, name: str = MODEL, **extra) -> None:
-        atomic_write(self.file(name), lambda p: torch.save(
-            {"config": cfg.to_dict(), "state_dict": state, "input_dim": int(input_dim), **extra}, p))
+        _save(self.file(name), {"config": cfg.to_dict(), "state_dict": state, "input_dim": int(input_dim), **extra})
 
     def load_model(self, device="cpu", name: str = MODEL) -> tuple[HashModel, Config]:
         path = self.file(name)
@@ -180,9 +242,13 @@ class RunDir:
 
     def read_summary(self) -> dict:
         summary = self._json("summary.json")
-        if not isinstance(summary, dict) or "final" not in summary or "config" not in summary:
-            raise DamagedRunError(f"{self.file('summary.json')} is not an rsgh run summary (no 'final' or "
-                                  "'config'); train the run again")
+        missing = [k for k in SUMMARY_KEYS if not isinstance(summary, dict) or k not in summary]
+        if not missing:
+            final = summary["final"]
+            missing = [f"final.{k}" for k in FINAL_KEYS if not isinstance(final, dict) or k not in final]
+        if missing:
+            raise DamagedRunError(f"{self.file('summary.json')} is not an rsgh run summary (no "
+                                  f"{', '.join(map(repr, missing[:3]))}); train the run again in another folder")
         return summary
 
     def write_retrieval(self, report: dict, best: bool = False) -> None:
@@ -214,7 +280,8 @@ class RunDir:
         try:
             return json.loads(path.read_text())
         except (ValueError, UnicodeDecodeError) as err:
-            raise DamagedRunError(f"{path} is not valid JSON ({err}); the run folder is damaged") from None
+            raise DamagedRunError(f"{path} is not valid JSON ({err}); the run folder is damaged: restore the "
+                                  "file, or train the run again in another folder") from None
 
     def _csv(self, name: str) -> pd.DataFrame:
         path = self.file(name)
@@ -223,9 +290,11 @@ class RunDir:
         except FileNotFoundError:
             raise FileNotFoundError(f"{path} not found: is {self.path} a run directory?") from None
         except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
-            raise DamagedRunError(f"{path} is not a readable table ({err}); the run folder is damaged") from None
+            raise DamagedRunError(f"{path} is not a readable table ({err}); the run folder is damaged: restore "
+                                  "the file, or train the run again in another folder") from None
         if name == "metrics.csv" and not {"epoch", "iteration"} <= set(table.columns):
-            raise DamagedRunError(f"{path} is not an rsgh metrics table (no epoch / iteration columns)")
+            raise DamagedRunError(f"{path} is not an rsgh metrics table (no epoch / iteration columns); the run "
+                                  "folder is damaged: restore the file, or train the run again in another folder")
         return table
 
 
@@ -251,6 +320,9 @@ def finished_runs(configs: Sequence[Config], dirs: Sequence[str | Path], also: S
         if diff:
             raise ValueError(f"{r.path} holds a finished run of a different configuration ({', '.join(diff)} "
                              "differ); choose another runs folder or remove it yourself")
+        saved = _safe_load(r.file(MODEL))  # a finished run is reused only with a readable model (plain data)
+        if not isinstance(saved, dict) or not {"config", "state_dict", "input_dim"} <= set(saved):
+            raise DamagedRunError(f"{r.file(MODEL)} is not an rsgh model; remove {r.path} to train the run again")
     return [r.read_summary() for r in runs]
 
 
@@ -303,8 +375,8 @@ def versions() -> dict:
 
 
 def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in io.open("/proc/cpuinfo"):
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
+        for line in fh:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown"
