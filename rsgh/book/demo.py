@@ -3,9 +3,9 @@ reader would see it in a terminal (paths relative to a working folder, never a m
 
 from __future__ import annotations
 
-import contextlib
-import io
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -13,17 +13,14 @@ import numpy as np
 
 
 def run(args: Sequence[str], workdir: Path) -> str:
-    """``python -m rsgh ARGS`` in-process, from ``workdir``; returns the command and what it printed
-    (stdout and stderr), as a console transcript. A failing command raises."""
-    from ..cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.chdir(workdir), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in args])
-    text = f"$ python -m rsgh {shlex.join(map(str, args))}\n" + out.getvalue() + err.getvalue()
-    text = text.replace(str(workdir.resolve()) + "/", "").replace(str(workdir) + "/", "")
-    if code != 0:
-        raise RuntimeError(f"the command failed (exit status {code}):\n{text}")
+    """``python -m rsgh ARGS`` run from ``workdir``, as a reader would; returns the command and what it
+    printed (stdout, then stderr) as a console transcript. A failing command raises."""
+    done = subprocess.run([sys.executable, "-m", "rsgh", *map(str, args)], cwd=workdir, capture_output=True,
+                          text=True)
+    text = f"$ python -m rsgh {shlex.join(map(str, args))}\n" + done.stdout + done.stderr
+    text = text.replace(str(Path(workdir).resolve()) + "/", "").replace(str(workdir) + "/", "")
+    if done.returncode != 0:
+        raise RuntimeError(f"the command failed (exit status {done.returncode}):\n{text}")
     return text
 
 
