@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cifar10: GIST-512 of CIFAR-10; mnist, fashion-mnist: pixels")
     st.add_argument("--bits", type=int, default=64, help="code length K (default 64)")
     st.add_argument("--trials", type=int, required=True, help="finished trials wanted (complete or pruned)")
-    st.add_argument("--max-epochs", type=int, default=30, help="epochs per trial at most (early stopping)")
+    st.add_argument("--max-epochs", type=int, default=20, help="epochs per trial at most (early stopping)")
     st.add_argument("--out", required=True, help="study folder: study.db, trials/, best.json")
     st.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/study.db)")
     st.add_argument("--data-root", help="folder holding the datasets (default: $RSGH_DATA, else data/cache)")

@@ -24,7 +24,7 @@ from pathlib import Path
 from ..config import Config, Runtime, make_config
 from ..files import atomic_text
 
-PATIENCE = 4  # evaluations (epochs) without a better validation mAP before a trial stops
+PATIENCE = 3  # evaluations (epochs) without a better validation mAP before a trial stops
 DATASETS = {  # the data of a study: dataset, features and their split (the test queries of the pages)
     "cifar10": dict(dataset="cifar10", features="gist", queries_per_class=100, validation_per_class=100),
     "mnist": dict(dataset="mnist", features="pixels", queries_per_class=100, validation_per_class=100),
@@ -50,7 +50,7 @@ def suggest(trial, method: str) -> dict:
         return p
     p["hidden_layers"] = trial.suggest_categorical("hidden_layers", [0, 1, 2, 4] if method == "sgh" else [1, 2, 4])
     if p["hidden_layers"] >= 2:
-        p["width_factor"] = trial.suggest_categorical("width_factor", [1, 2, 4])
+        p["width_factor"] = trial.suggest_categorical("width_factor", [1, 2])
     p["recon_sigma"] = trial.suggest_float("recon_sigma", 0.1, 10.0, log=True)
     p["prior"] = trial.suggest_float("prior", 0.1, 0.5)
     if method == "rsgh":
@@ -143,7 +143,7 @@ def open_study(method: str, dataset: str, bits: int, out: str | Path, storage: s
     return optuna.create_study(
         study_name=f"{method}-{dataset}-k{bits}", storage=_storage(out, storage), direction="maximize",
         load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=8, n_warmup_steps=3))
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=6, n_warmup_steps=2))
 
 
 def _requeue_interrupted(study) -> None:
