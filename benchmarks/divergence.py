@@ -52,10 +52,12 @@ def main():
     noise = np.random.default_rng(1).uniform(-1, 1, data.train_x.shape).astype(np.float32)
     perturbed = TaskData((data.train_x * (1 + 1e-7 * noise)).astype(np.float32), data.eval_x, data.source,
                          data.checksums, data.retrieval)
-    variants = {"reference": (cfg, data, Runtime()), "features+1ulp": (cfg, perturbed, Runtime()),
-                "threads=2": (cfg, data, Runtime(threads=2)), "compiled": (cfg, data, Runtime(compile_step=True)),
-                "seed 1": (make_config("e2-rsgh", dict(base, seed=1)), data, Runtime()),
-                "seed 2": (make_config("e2-rsgh", dict(base, seed=2)), data, Runtime())}
+    quiet = Runtime(progress=False)
+    variants = {"reference": (cfg, data, quiet), "features+1ulp": (cfg, perturbed, quiet),
+                "threads=2": (cfg, data, Runtime(threads=2, progress=False)),
+                "compiled": (cfg, data, Runtime(compile_step=True, progress=False)),
+                "seed 1": (make_config("e2-rsgh", dict(base, seed=1)), data, quiet),
+                "seed 2": (make_config("e2-rsgh", dict(base, seed=2)), data, quiet)}
     curves = {}
     for name, (c, d, runtime) in variants.items():
         run = out / name.replace(" ", "-").replace("+", "-").replace("=", "")
