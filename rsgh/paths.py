@@ -30,3 +30,18 @@ def cache_dir(root: Path | None = None) -> Path:
     path = Path(env).expanduser() if env else DEFAULT_ROOT / "derived"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def env_positive_int(name: str, default: int) -> int:
+    """A positive integer setting from the environment variable ``name`` (``default`` when unset or empty),
+    or a ValueError that names the variable."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{name}={text!r}: expected a positive integer")
+    return value

@@ -364,7 +364,7 @@ def test_a_bad_limit_is_a_clear_error(shared, tmp_path, capsys, monkeypatch):
     code, out, err = cli(capsys, "encode", "--model", shared["run"], "--images", shared["images"], "--out",
                          tmp_path / "index", "--quiet")
     assert code == 2
-    one_line(err, "RSGH_MAX_IMAGE_BYTES='lots'", "positive number of bytes")
+    one_line(err, "RSGH_MAX_IMAGE_BYTES='lots'", "positive integer")
     assert not (tmp_path / "index").exists()
 
 

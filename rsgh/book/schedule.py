@@ -30,14 +30,10 @@ _CLIENT = None
 
 
 def workers_wanted() -> int:
-    text = os.environ.get("RSGH_WORKERS") or str(os.cpu_count() or 1)
-    try:
-        workers = int(text)
-    except ValueError:
-        workers = 0
-    if workers < 1:
-        raise ValueError(f"RSGH_WORKERS must be a positive integer, got {text!r}")
-    return workers
+    """Local worker processes: ``RSGH_WORKERS``, default one per core."""
+    from ..paths import env_positive_int
+
+    return env_positive_int("RSGH_WORKERS", os.cpu_count() or 1)
 
 
 def get_client(scheduler: str | None = None):
@@ -50,7 +46,7 @@ def get_client(scheduler: str | None = None):
     if _CLIENT is not None and _CLIENT.status == "running":
         if scheduler is None or _CLIENT.scheduler.address == scheduler:
             return _CLIENT
-        _CLIENT.close()
+        _close()  # and the local cluster it may have started
     if scheduler:
         _CLIENT = Client(scheduler, timeout="30s")
     else:

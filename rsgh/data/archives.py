@@ -29,7 +29,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from ..files import atomic_write_file
-from ..paths import cache_dir
+from ..paths import cache_dir, env_positive_int
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                     ".ppm", ".pgm", ".pbm", ".pnm")
@@ -143,16 +143,7 @@ DEFAULT_MAX_BYTES = 256 << 20  # no real image file comes near it; a decompressi
 
 def max_member_bytes() -> int:
     """The largest member (image file) read, in bytes: ``$RSGH_MAX_IMAGE_BYTES`` or 256 MiB."""
-    text = os.environ.get(MAX_BYTES_VAR, "").strip()
-    if not text:
-        return DEFAULT_MAX_BYTES
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"{MAX_BYTES_VAR}={text!r}: expected a positive number of bytes")
-    return value
+    return env_positive_int(MAX_BYTES_VAR, DEFAULT_MAX_BYTES)
 
 
 def _too_large(path: Path, name: str, size: int, limit: int) -> ValueError:
