@@ -8,7 +8,7 @@ then measured once on the test queries.
   validation queries, then measures the chosen scaling on the test queries.
 
 Study folders are ``<studies_dir>/<dataset>-k<bits>-<method>``; the retrained runs go to
-``<runs_dir>/tuned-<dataset>/``.
+``<runs_dir>/<dataset>/`` like every run.
 """
 
 from __future__ import annotations

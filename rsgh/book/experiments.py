@@ -2,9 +2,11 @@
 ``run()`` that trains what is missing (on Dask, reusing every finished run folder, so rebuilding a
 figure never retrains) and returns tidy pandas tables.
 
-Run folders are ``<runs_dir>/<experiment>/<method>-k<bits>-s<seed>-<identity>``: the identity is a
-digest of the whole configuration, so a changed parameter (``epochs`` too) is a new run, and
-runtime settings (threads, compile, device, workers) are never part of it.
+Run folders are ``<runs_dir>/<dataset>/<method>-k<bits>-s<seed>-<identity>``: the identity is a
+digest of the whole configuration, so a changed parameter (``epochs`` too) is a new run, runtime
+settings (threads, compile, device, workers) are never part of it, and two pages that need the same
+configuration share its run (the tuned models of the study pages and of the Euclidean protocol, the
+patents' settings of embodiment 2 and of the CIFAR-10 study).
 """
 
 from __future__ import annotations
@@ -34,14 +36,14 @@ class Results:
 
 @dataclass
 class Experiment:
-    name: str  # the folder under runs_dir
+    name: str  # what the experiment is (for messages)
     variants: list[tuple[str, Config]]  # (variant label, configuration)
     runs_dir: str | Path = "runs"
     data_root: str | None = None
     runtime: Runtime = field(default_factory=lambda: Runtime(progress=False))
 
     def dirs(self) -> list[Path]:
-        return [Path(self.runs_dir) / self.name / cfg.run_name() for _, cfg in self.variants]
+        return [Path(self.runs_dir) / cfg.dataset / cfg.run_name() for _, cfg in self.variants]
 
     def run(self, scheduler: str | None = None, progress: bool = False) -> Results:
         from ..train.rundir import RunDir
