@@ -166,6 +166,8 @@ def train_group(configs: Sequence[Config], data: TaskData, outs: Sequence[str | 
 class _Training:
     """The state of one group's training: model, optimiser, adversary, random streams, logs."""
 
+    DRAW_AHEAD = 64  # steps whose batches and noise are drawn at once (_draw_ahead)
+
     def __init__(self, configs, data: TaskData, runs, runtime: Runtime, hooks, extra_eval):
         self.cfg, self.hooks, self.extra_eval, self.runtime = configs[0], hooks, extra_eval, runtime
         self.members = [_Member(c, r) for c, r in zip(configs, runs)]
@@ -296,8 +298,8 @@ class _Training:
         sums = torch.zeros(G, len(PARTS), device=self.device)
         count, t0 = 0, time.perf_counter()
         self.half = torch.full((G, self.cfg.batch_size, self.cfg.bits), 0.5, device=self.device)
-        # steps drawn at once: up to 64, and 4 MiB of batches or noise
-        self.ahead, self.draw_ahead = [], max(1, min(64, (1 << 20) // (self.cfg.batch_size * max(
+        # steps drawn at once: up to DRAW_AHEAD, and 4 MiB of batches or noise
+        self.ahead, self.draw_ahead = [], max(1, min(self.DRAW_AHEAD, (1 << 20) // (self.cfg.batch_size * max(
             self.train_x.shape[1], G * self.cfg.bits))))
         step = make_step(self.model, self.opt, self.spec, self.lam, self.runtime.compile_step)
         while self.shared["iteration"] < self.total and not all(m.stopped for m in self.members):
