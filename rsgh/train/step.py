@@ -73,7 +73,9 @@ def _compiled_cpu_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec,
     the elementwise work into a few C++ loops (measured: 2.1-2.7x the steps/s of the uncompiled
     group, against 1.5x for compiling the forward and backward pass alone and calling the fused
     Adam). The update is ``torch.optim.Adam``'s, on its own state tensors, so checkpoints and
-    resume are unchanged.
+    resume are unchanged. Once the graph has settled (:func:`_settled`), the step calls it without
+    dynamo: the same kernels on the same tensors, bit for bit, a quarter less time per step of a
+    pair at E2's shape (``benchmarks/step_profile.py``).
     """
     group = opt.param_groups[0]
     if group["weight_decay"] or group["amsgrad"] or group["maximize"] or len(opt.param_groups) > 1:
@@ -81,18 +83,7 @@ def _compiled_cpu_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec,
     lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
     loss_of = _LossOf(model, spec)
     names = [f"model.params.{n}" for n in model.params]
-    params = list(model.params.values())
-    count = float(opt.state[params[0]]["step"]) if opt.state[params[0]] else 0.0
-    # One step counter shared by every parameter's state (torch.optim.Adam keeps equal copies):
-    # updating 20 tiny tensors each step costs more than a layer's GEMM.
-    step_count = torch.tensor(count, dtype=torch.float32, device=params[0].device)
-    for p in params:  # Adam's state, as torch.optim.Adam creates it (or as resumed)
-        if not opt.state[p]:
-            opt.state[p].update(exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-        opt.state[p]["step"] = step_count
-    states = [opt.state[p] for p in params]
-    weights = [p.detach() for p in params]  # share storage: updated in place
-    exp_avg, exp_avg_sq = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+    count, step_count, weights, exp_avg, exp_avg_sq = _adam_state(opt, list(model.params.values()))
     # the step's scalars, filled on the host each step (inside the graph inductor would
     # recompute them for every element)
     step_size, bias_correction2_sqrt = torch.zeros(()), torch.zeros(())
@@ -113,28 +104,227 @@ def _compiled_cpu_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec,
             lam.add_(adv_rate * r).clamp_(min=0.0)
         return parts
 
-    compiled = torch.compile(whole_step, fullgraph=True, options={"cpp_wrapper": True})
+    # static shapes: a process that trains groups of several shapes (a Dask worker) would otherwise get
+    # graphs for any size, slower, with the sizes as inputs
+    compiled = torch.compile(whole_step, fullgraph=True, dynamic=False, backend=_inductor_with_calls)
 
     calls = 0
+    seen = []  # the inputs of the graph that dynamo called at the last steps
+    direct = None  # (graph, its inputs, position of x, position of xi): the graph called without dynamo
 
     def cpu_step(x, xi):
-        nonlocal count, calls
+        nonlocal count, calls, direct
         count += 1
         calls += 1
         step_count.fill_(count)
         step_size.fill_(lr / (1 - beta1 ** count))
         bias_correction2_sqrt.fill_(math.sqrt(1 - beta2 ** count))
+        if direct is not None:
+            graph, inputs, at_x, at_xi = direct
+            inputs[at_x], inputs[at_xi] = x, xi
+            return graph(*inputs)[0]
         args = (weights, exp_avg, exp_avg_sq, x, xi, step_size, bias_correction2_sqrt)
+        _LAST_CALL.clear()
         if calls <= 2:  # compiles (with every guard checked) on the first calls of this group
             try:
-                return compiled(*args)
+                out = compiled(*args)
             except torch._dynamo.exc.FailOnRecompileLimitHit:
                 # dynamo keeps a few compiled shapes per function (recompile_limit) and then refuses
                 # another: many groups of different shapes in one process start its cache afresh
                 torch.compiler.reset()
-                return compiled(*args)
-        # then the guards, which only re-check that the same tensors come in, are skipped (0.3 ms a step)
-        with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-            return compiled(*args)
+                out = compiled(*args)
+        else:  # then dynamo's guards, which only re-check that the same tensors come in, are skipped
+            with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+                out = compiled(*args)
+            seen.append(_graph_call(x, xi))
+            direct = _settled(seen)
+        _LAST_CALL.clear()
+        return out
 
+    cpu_step.calls_graph_directly = lambda: direct is not None  # for the tests
     return cpu_step
+
+
+def _adam_state(opt: torch.optim.Adam, params: list):
+    """(steps taken, the shared step counter, weights, exp_avg, exp_avg_sq): ``torch.optim.Adam``'s
+    state as it creates it (or as resumed), the weights sharing storage with the parameters.
+
+    One step counter is shared by every parameter's state (torch.optim.Adam keeps equal copies):
+    updating 20 tiny tensors each step costs more than a layer's GEMM."""
+    count = float(opt.state[params[0]]["step"]) if opt.state[params[0]] else 0.0
+    step_count = torch.tensor(count, dtype=torch.float32, device=params[0].device)
+    for p in params:
+        if not opt.state[p]:
+            opt.state[p].update(exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+        opt.state[p]["step"] = step_count
+    states = [opt.state[p] for p in params]
+    return (count, step_count, [p.detach() for p in params], [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states])
+
+
+_LAST_CALL: list = []  # [(graph, inputs)] of the latest call of a compiled step graph in this process
+INDUCTOR_OPTIONS = {"cpp_wrapper": True}
+
+
+def _inductor_with_calls(gm, example_inputs):
+    """inductor with the C++ wrapper, for dynamo; each call of the compiled graph is noted in
+    ``_LAST_CALL``, so that the step can see which graph dynamo calls with which tensors."""
+    from torch._inductor.compile_fx import compile_fx
+
+    graph = compile_fx(gm, example_inputs, config_patches=INDUCTOR_OPTIONS)
+
+    def run(*inputs):
+        _LAST_CALL[:] = [(graph, inputs)]
+        return graph(*inputs)
+
+    return run
+
+
+def _graph_call(x: torch.Tensor, xi: torch.Tensor):
+    """(graph, inputs, position of x, position of xi) of the call that dynamo just made, or None."""
+    if len(_LAST_CALL) != 1:
+        return None
+    graph, inputs = _LAST_CALL[0]
+    at_x = [i for i, t in enumerate(inputs) if t is x]
+    at_xi = [i for i, t in enumerate(inputs) if t is xi]
+    if len(at_x) != 1 or len(at_xi) != 1 or any(type(t) not in (torch.Tensor, int) for t in inputs):
+        return None
+    return graph, list(inputs), at_x[0], at_xi[0]
+
+
+def _settled(seen: list):
+    """The graph to call directly from now on (dynamo's bytecode, cache lookup and call took a quarter
+    of a step of a pair at E2's shape), or None while dynamo stays.
+
+    Once dynamo has called the same graph at two steps with the same tensors but the batch ``x`` and
+    the noise ``xi`` (weights, Adam's state, the adversary, the step's scalars, the group's
+    hyperparameters: all updated in place) and the same sizes (a graph with dynamic shapes takes
+    them as integers), the step calls it with those; the graph itself checks the sizes and strides
+    of its inputs."""
+    if len(seen) < 2 or seen[-1] is None or seen[-2] is None:
+        del seen[:-1]
+        return None
+    (g1, in1, x1, xi1), (g2, in2, x2, xi2) = seen[-2:]
+    same = g1 is g2 and (x1, xi1) == (x2, xi2) and len(in1) == len(in2) and all(
+        a is b or type(a) is type(b) is int and a == b for i, (a, b) in enumerate(zip(in1, in2)) if i not in (x2, xi2))
+    del seen[:-1]
+    return seen.pop() if same else None
+
+
+# --- group sizes from a short measurement
+
+def step_rate(configs, input_dim: int, runtime=None, seconds: float = 2.0, warmup: int = 20) -> tuple[float, float]:
+    """(model-steps per second, seconds of warm-up) of one lock-step group of ``configs`` on random
+    inputs of their shape, with ``runtime``'s device, threads and step (the warm-up, which compiles a
+    compiled step, is not in the rate). Timed in rounds of 10 steps for about ``seconds``; the rate
+    is that of the median round, so that a busy machine's pauses count less."""
+    import time
+
+    from ..config import Runtime
+
+    runtime = (runtime or Runtime(progress=False)).validate()
+    torch.set_num_threads(runtime.threads)
+    device, cfg, G = pick_device(runtime.device), configs[0], len(configs)
+    ones = torch.ones(input_dim)
+    model = HashModel(input_dim, cfg.bits, cfg.hidden_layers, cfg.arch, [c.seed for c in configs], ones * 0.5,
+                      ones, cfg.hidden_width).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.model_lr, fused=True)
+    step = make_step(model, opt, GroupSpec.from_configs(configs, device), torch.zeros(G, cfg.bits, device=device),
+                     runtime.compile_step)
+    gen = torch.Generator(device=device).manual_seed(0)
+    B, n = cfg.batch_size, 64  # as the loop draws them: 64 steps' batches and noise at once
+    xs = torch.rand(n * B, input_dim, generator=gen, device=device)
+    xis = torch.rand(n, G, B, cfg.bits, generator=gen, device=device)
+    calls = 0
+
+    def one():
+        nonlocal calls
+        i = calls % n
+        step(xs[i * B:(i + 1) * B], xis[i])
+        calls += 1
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        one()
+    sync()
+    warm, rounds, start = time.perf_counter() - t0, [], time.perf_counter()
+    while time.perf_counter() - start < seconds or len(rounds) < 3:
+        t = time.perf_counter()
+        for _ in range(10):
+            one()
+        sync()
+        rounds.append(time.perf_counter() - t)
+    return G * 10 / sorted(rounds)[len(rounds) // 2], warm
+
+
+def makespan(durations, workers: int) -> float:
+    """When ``durations`` dealt out longest first to ``workers`` (each to the least loaded) are done."""
+    loads = [0.0] * workers
+    for d in sorted(durations, reverse=True):
+        loads[loads.index(min(loads))] += d
+    return max(loads)
+
+
+def part_sizes(models: int, parts: int) -> list[int]:
+    """The group sizes of ``models`` dealt into ``parts`` (as ``rsgh.book.schedule.train_runs`` deals them)."""
+    return [len(range(i, models, parts)) for i in range(min(parts, models))]
+
+
+def part_durations(models: int, steps: int, parts: int, rates: dict[int, float],
+                   warmups: dict[int, float] | None = None) -> list[float]:
+    """Seconds of each part, from model-steps/s measured at some group sizes (linear in between),
+    plus each part's warm-up (its compilation) when ``warmups`` gives them by group size."""
+    sizes = sorted(rates)
+
+    def at(table, s):
+        if s in table:
+            return table[s]
+        lo = max([x for x in sizes if x < s], default=sizes[0])
+        hi = min([x for x in sizes if x > s], default=sizes[-1])
+        return table[lo] if lo == hi else table[lo] + (table[hi] - table[lo]) * (s - lo) / (hi - lo)
+
+    return [steps * s / at(rates, s) + (at(warmups, s) if warmups else 0.0) for s in part_sizes(models, parts)]
+
+
+def candidate_parts(models: int, workers: int) -> list[int]:
+    """A few splits worth measuring: one group, one part per worker, and multiples of that."""
+    out, p = [1], workers
+    while p < models:
+        out.append(p)
+        p *= 2
+    return sorted(set(out + [models]))
+
+
+def choose_parts(configs, input_dim: int, steps: int, workers: int, runtime=None,
+                 seconds: float = 2.0) -> tuple[int, dict[int, float]]:
+    """The split of one stage's models (``configs``, all of one lock-step group) into ``parts`` for
+    ``rsgh.book.schedule.train_runs``, chosen by measuring now: model-steps/s of each candidate group
+    size for about ``seconds`` (plus a compilation each with ``compile_step``), then the split whose
+    parts, each with its warm-up, finish first on ``workers`` single-threaded processes. Returns
+    (parts, the rates)."""
+    rates, warmups = {}, {}
+    for p in candidate_parts(len(configs), workers):
+        size = part_sizes(len(configs), p)[0]
+        if size not in rates:
+            rates[size], warmups[size] = step_rate(configs[:size], input_dim, runtime, seconds)
+    best = min(candidate_parts(len(configs), workers),
+               key=lambda p: makespan(part_durations(len(configs), steps, p, rates, warmups), workers))
+    return best, rates
+
+
+def best_splits(stages, workers: int) -> list[int]:
+    """For several stages run together, each ``(models, steps, rates)`` or ``(models, steps, rates,
+    warmups)`` with model-steps/s and warm-up seconds by group size (as :func:`step_rate` measures
+    them): the parts of each stage that make all of them finish first on ``workers`` processes
+    (every combination of the candidates, up to 4096; beyond that each stage on its own)."""
+    import itertools
+
+    def durations(stage, p):
+        return part_durations(stage[0], stage[1], p, *stage[2:4])
+
+    options = [candidate_parts(st[0], workers) for st in stages]
+    if math.prod(len(o) for o in options) > 4096:
+        return [min(o, key=lambda p, st=st: makespan(durations(st, p), workers)) for o, st in zip(options, stages)]
+    return list(min(itertools.product(*options), key=lambda ps: makespan(
+        [d for p, st in zip(ps, stages) for d in durations(st, p)], workers)))

@@ -1,0 +1,119 @@
+"""The training step's speed work: the compiled graph called without dynamo, batches and noise drawn
+ahead, and the split of a stage chosen from measured rates. Each must leave the results as they were."""
+
+import pandas as pd
+import pytest
+import torch
+
+from rsgh.config import Runtime, make_config
+from rsgh.data.task import TaskData
+from rsgh.method.model import HashModel
+from rsgh.method.objective import GroupSpec
+from rsgh.train import loop, step
+from rsgh.train.loop import train_group
+
+
+def cfgs():
+    base = dict(dataset="mnist", hidden_layers=2, bits=8, batch_size=32)
+    return [make_config(None, dict(base, method="sgh", seed=0)),
+            make_config(None, dict(base, method="rsgh", seed=1, redundancy="kl", tau=0.2))]
+
+
+def weights(run):
+    return torch.load(run / "model.pt", weights_only=True)["state_dict"]
+
+
+def frame(run):
+    return pd.read_csv(run / "metrics.csv").drop(columns=["elapsed_s"])
+
+
+@pytest.mark.parametrize("kw", [dict(epochs=3, eval_every=7), dict(sampling="replacement", iterations=40, eval_every=9,
+                                                                   epochs=0, train_noise="half")])
+def test_drawing_ahead_gives_the_results_of_drawing_step_by_step(tmp_path, blobs, monkeypatch, kw):
+    """Evaluations every 7 steps and 16 steps an epoch: draws of 64 steps are cut at both."""
+    configs = [make_config(None, dict(c.to_dict(), **kw)) for c in cfgs()]
+    ahead, single = [tmp_path / f"a{g}" for g in range(2)], [tmp_path / f"s{g}" for g in range(2)]
+    train_group(configs, TaskData(*blobs), ahead)
+    monkeypatch.setattr(loop._Training, "DRAW_AHEAD", 1)
+    train_group(configs, TaskData(*blobs), single)
+    for a, s in zip(ahead, single):
+        for k, v in weights(s).items():
+            assert torch.equal(weights(a)[k], v), k
+        pd.testing.assert_frame_equal(frame(a), frame(s))
+
+
+def test_makespan_and_parts():
+    assert step.makespan([3, 3, 2, 2, 2], 2) == 7
+    assert step.part_sizes(5, 2) == [3, 2] and step.part_sizes(2, 4) == [1, 1]
+    assert step.candidate_parts(2, 2) == [1, 2] and step.candidate_parts(20, 2) == [1, 2, 4, 8, 16, 20]
+    rates = {1: 100.0, 4: 300.0}  # model-steps/s; a group of 2 interpolated: 166.7
+    assert step.part_durations(4, 1000, 2, rates) == pytest.approx([12.0, 12.0])
+    assert step.part_durations(4, 1000, 1, rates) == pytest.approx([1000 * 4 / 300])
+
+
+def test_best_splits_balances_the_cores():
+    # one long stage and two short ones: splitting the long pair only pays when a lone model is cheap
+    cheap_lone = [(2, 1000, {1: 1.0, 2: 1.2}), (2, 100, {1: 1.0, 2: 1.8}), (2, 100, {1: 1.0, 2: 1.8})]
+    assert step.best_splits(cheap_lone, 2)[0] == 2
+    dear_lone = [(2, 1000, {1: 1.0, 2: 1.9}), (2, 900, {1: 1.0, 2: 1.9}), (2, 100, {1: 1.0, 2: 1.9})]
+    assert step.best_splits(dear_lone, 2) == [1, 1, 1]
+
+
+def test_step_rate_and_choose_parts_measure_the_group():
+    configs = [make_config(None, dict(c.to_dict(), hidden_layers=1)) for c in cfgs()]
+    rate, warm = step.step_rate(configs, 20, Runtime(progress=False, device="cpu"), seconds=0.05, warmup=2)
+    assert rate > 0 and warm >= 0
+    parts, rates = step.choose_parts(configs, 20, steps=1000, workers=2, runtime=Runtime(progress=False, device="cpu"),
+                                     seconds=0.05)
+    assert parts in (1, 2) and set(rates) == {1, 2}
+
+
+@pytest.mark.slow
+def test_compiled_step_called_directly_equals_dynamo_bit_for_bit(monkeypatch):
+    """After two steps the compiled graph is called without dynamo: the same numbers as through
+    dynamo at every step, for two groups of one shape in one process (the second reuses the graph)."""
+
+    def group():
+        configs = [make_config(None, dict(c.to_dict(), bits=8)) for c in cfgs()]
+        model = HashModel(20, 8, 2, seeds=[c.seed for c in configs])
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+        lam = torch.zeros(2, 8)
+        return model, lam, step.make_step(model, opt, GroupSpec.from_configs(configs), lam, compiled=True)
+
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.rand(32, 20, generator=gen), torch.rand(2, 32, 8, generator=gen)) for _ in range(12)]
+    runs = {}
+    for name in ("direct", "dynamo", "again"):
+        if name == "dynamo":
+            monkeypatch.setattr(step, "_settled", lambda seen: None)
+        else:
+            monkeypatch.undo()
+        model, lam, s = group()
+        parts = torch.stack([s(x.clone(), xi.clone()) for x, xi in batches])
+        runs[name] = (parts, {k: v.detach().clone() for k, v in model.params.items()}, lam.clone(),
+                      s.calls_graph_directly())
+    assert runs["direct"][3] and runs["again"][3] and not runs["dynamo"][3]
+    for name in ("dynamo", "again"):
+        assert torch.equal(runs[name][0], runs["direct"][0])
+        assert all(torch.equal(runs[name][1][k], v) for k, v in runs["direct"][1].items())
+        assert torch.equal(runs[name][2], runs["direct"][2])
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_passes_and_writes_its_results(tmp_path):
+    """benchmarks/gpu_check.sh --dry-run: the GPU check's steps on the CPU at toy sizes (about 2 minutes)."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh"), "--dry-run"], cwd=root,
+                          env=dict(os.environ, OUT=str(tmp_path)), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = tmp_path / "gpu_check"
+    summary = (results / "summary.txt").read_text()
+    for line in ("device=cpu dry_run=1", "tests=passed", "throughput=passed", "e2_k64=passed", "gpu_check_status=0"):
+        assert line in summary, summary
+    assert "3 passed" in (results / "tests.log").read_text()
+    assert "model-steps/s" in (results / "throughput.log").read_text()
+    assert {"summary.json", "retrieval.json"} <= {p.name for p in (results / "e2-k64" / "rsgh").iterdir()}
