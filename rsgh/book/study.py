@@ -223,7 +223,12 @@ def best_params(study_dir: str | Path, method: str) -> dict:
     path = Path(study_dir) / "best.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run the study first (python -m rsgh study ... --out {study_dir})")
-    return suggest(optuna.trial.FixedTrial(json.loads(path.read_text())["params"]), method)
+    params = json.loads(path.read_text())["params"]
+    try:
+        return suggest(optuna.trial.FixedTrial(params), method)
+    except ValueError as err:  # FixedTrial: a value outside today's search space
+        raise ValueError(f"{path}: the best parameters ({err}) are outside the search space of this version of "
+                         "rsgh; the study was run with another one: run it again in a new folder") from None
 
 
 def tuned_configs(study_dirs: dict, dataset: str, bits, seeds, max_epochs: int) -> list[tuple[str, Config]]:
