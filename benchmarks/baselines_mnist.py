@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rsgh.baselines import fit_baseline
-from rsgh.metrics import mean_average_precision
+from rsgh.eval.baselines import fit_baseline
+from rsgh.eval.metrics import mean_average_precision
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

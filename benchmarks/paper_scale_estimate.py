@@ -1,93 +1,81 @@
-"""Training time of the paper-scale reproduction (one seed), from the step rate measured now.
+"""Training time of the paper-scale reproduction (one seed), from step rates measured now, beside the
+floor of ``gemm_floor.py`` measured in the same run.
 
 For each training stage (E1: SGH + R-SGH on MNIST, 50 epochs; E2: SGH + R-SGH on 59,000 GIST-512
-vectors at 32, 64 and 128 bits, 200 epochs) this times rsgh's training step
-(``rsgh.train.make_step``, the pair of models as one group, one thread) on random inputs of the
-right shape for a few seconds, eager and compiled, and multiplies by the number of steps the
-patents' settings need. The stages are then scheduled on the given number of cores (longest
-first), as ``rsgh reproduce`` can run them in parallel processes. GIST features, baselines and
-evaluations are not included (measured separately: ``gist_speed.py``; each is minutes at most).
+vectors at 32, 64 and 128 bits, 200 epochs) this times, on random inputs of the stage's shape, one
+thread each: the stage's matrix products alone (the floor, right before and right after, the faster
+kept), rsgh's compiled training step (``rsgh.train.step.make_step``, ``Runtime.compile_step``) for
+the pair as one lock-step group and for a lone model, and optionally (``--eager``) the eager step.
+The split of each stage (one group, or its models in parallel processes) is chosen from these rates
+(``rsgh.train.step.best_splits``); the parts are then scheduled on ``--cores`` longest first, as
+``rsgh.book.schedule`` runs them on a Dask cluster, with each part's warm-up (its compilation). The
+floor is the stages' pairs' products scheduled on the same cores. GIST features, baselines and
+evaluations are not included (``paper_scale_run.py`` measures everything end to end).
 
-    python benchmarks/paper_scale_estimate.py [--seconds 5] [--cores 2]
+    python benchmarks/paper_scale_estimate.py [--seconds 3] [--cores 2] [--eager]
+                                              [--bits 32 64 128] [--e2-epochs 200] [--e1-epochs 50]
 
-Ends with ``paper_scale_wall_min=<minutes>`` for the compiled step.
+On a machine that other jobs share, the absolute times are slower than a quiet machine's; the ratio
+of estimate to floor, both measured in this run, much less so. Ends with
+``estimate_vs_floor=<ratio>``.
 """
 
 import argparse
-import time
 
 import torch
 
-from rsgh.config import make_config
-from rsgh.model import HashModel
-from rsgh.objective import GroupSpec
-from rsgh.train import make_step
-from train_throughput import timed_rate  # the sibling script (benchmarks/ is on sys.path when run)
-
-STAGES = [  # name, presets, overrides, input dimension, training items, epochs
-    ("E1 (MNIST, K=64, M=1)", ("e1-sgh", "e1-rsgh"), {}, 784, 60000, 50),
-    ("E2 32 bits", ("e2-sgh", "e2-rsgh"), {"bits": 32}, 512, 59000, 200),
-    ("E2 64 bits", ("e2-sgh", "e2-rsgh"), {"bits": 64}, 512, 59000, 200),
-    ("E2 128 bits", ("e2-sgh", "e2-rsgh"), {"bits": 128}, 512, 59000, 200),
-]
-
-
-def stage_setup(presets, overrides, items, epochs):
-    """A stage's configurations (one model per preset, on the CPU) and the training steps of each model."""
-    cfgs = [make_config(p, dict(overrides, seed=g, device="cpu")) for g, p in enumerate(presets)]
-    return cfgs, items // cfgs[0].batch_size * epochs
-
-
-def steps_per_second(cfgs, dim, seconds, compiled):
-    c = cfgs[0]
-    spec = GroupSpec.from_configs(cfgs)
-    model = HashModel(dim, c.bits, c.hidden_layers, c.arch, [x.seed for x in cfgs])
-    opt = torch.optim.Adam(model.parameters(), lr=c.model_lr, fused=True)
-    lam = torch.zeros(len(cfgs), c.bits)
-    step = make_step(model, opt, spec, lam, compiled)
-    x_all = torch.rand(20000, dim)
-    g = len(cfgs)
-
-    def one():
-        step(x_all.index_select(0, torch.randint(len(x_all), (c.batch_size,))), torch.rand(g, c.batch_size, c.bits))
-
-    t0 = time.perf_counter()
-    for _ in range(10):  # compilation
-        one()
-    warm = time.perf_counter() - t0
-    return timed_rate(one, seconds, torch.device("cpu")), warm
-
-
-def schedule(durations, cores):
-    """Longest-processing-time-first on ``cores`` workers: the finishing time."""
-    loads = [0.0] * cores
-    for d in sorted(durations, reverse=True):
-        loads[loads.index(min(loads))] += d
-    return max(loads)
+from rsgh.config import Runtime
+from rsgh.train.step import best_splits, makespan, part_durations, step_rate
+from stages import floor_rate, stage_setup, stages  # benchmarks/ is on sys.path when run
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--seconds", type=float, default=5.0)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=3.0, help="timing of each measurement")
     p.add_argument("--cores", type=int, default=2)
+    p.add_argument("--eager", action="store_true", help="also time the eager step (pairs)")
+    p.add_argument("--bits", type=int, nargs="+", default=[32, 64, 128])
+    p.add_argument("--e2-epochs", type=int, default=200)
+    p.add_argument("--e1-epochs", type=int, default=50)
     args = p.parse_args()
     torch.set_num_threads(1)
-    totals = {}
-    for compiled in (False, True):
-        label = "compiled" if compiled else "eager"
-        minutes = []
-        for name, presets, overrides, dim, items, epochs in STAGES:
-            cfgs, steps = stage_setup(presets, overrides, items, epochs)
-            rate, warm = steps_per_second(cfgs, dim, args.seconds, compiled)
-            minutes.append(steps / rate / 60 + warm / 60)
-            print(f"{label:8s} {name:24s} {rate:6.0f} steps/s (pair)  {steps:7d} steps  "
-                  f"{minutes[-1]:6.1f} min  (warm-up {warm:4.1f} s)", flush=True)
-        cpu = sum(minutes)
-        wall = schedule(minutes, args.cores)
-        totals[label] = wall
-        print(f"{label:8s} total {cpu:.1f} CPU min; on {args.cores} cores {wall:.1f} min wall\n", flush=True)
-    print(f"compiled_vs_eager={totals['eager'] / totals['compiled']:.2f}")
-    print(f"paper_scale_wall_min={totals['compiled']:.1f}")
+    compiled, eager = Runtime(progress=False, compile_step=True, device="cpu"), Runtime(progress=False, device="cpu")
+    floor_min, rows, eager_min = [], [], []
+    print(f"{'stage':24s} {'floor':>8s} {'pair':>8s} {'lone':>8s}  (ms per step of the group, one thread)")
+    for name, presets, overrides, dim, items, epochs in stages(args.bits, args.e2_epochs, args.e1_epochs):
+        cfgs, steps = stage_setup(presets, overrides, items, epochs)
+        before = floor_rate(cfgs, dim, args.seconds)[0]
+        pair, warm2 = step_rate(cfgs, dim, compiled, args.seconds)
+        lone, warm1 = step_rate(cfgs[:1], dim, compiled, args.seconds)
+        after = floor_rate(cfgs, dim, args.seconds)[0]
+        floor = max(before, after)  # the faster floor: the ratio is not flattered by a slow moment
+        floor_min.append(steps / floor / 60)
+        rows.append((name, steps, {2: pair, 1: lone}, {2: warm2, 1: warm1}))
+        line = (f"{name:24s} {1e3 / floor:8.3f} {2e3 / pair:8.3f} {1e3 / lone:8.3f}  pair/floor "
+                f"{floor * 2 / pair:4.2f}  (floor before/after {1e3 / before:.3f}/{1e3 / after:.3f}; "
+                f"compile {warm2:.0f} s, {warm1:.0f} s)")
+        if args.eager:
+            rate = step_rate(cfgs, dim, eager, args.seconds)[0]
+            eager_min.append(steps * 2 / rate / 60)
+            line += f"  eager pair {2e3 / rate:.3f}"
+        print(line, flush=True)
+    parts = best_splits([(2, steps, rates, warm) for _, steps, rates, warm in rows], args.cores)
+    units = []
+    for (name, steps, rates, warm), k in zip(rows, parts):
+        minutes = [d / 60 for d in part_durations(2, steps, k, rates, warm)]
+        units += minutes
+        print(f"{name:24s} {'one group of 2' if k == 1 else f'{k} lone models':16s} "
+              f"{' + '.join(f'{m:.1f}' for m in minutes)} min")
+    wall, floor_wall = makespan(units, args.cores), makespan(floor_min, args.cores)
+    print(f"compiled: {sum(units):.1f} CPU min; on {args.cores} cores {wall:.1f} min wall")
+    print(f"floor:    {sum(floor_min):.1f} CPU min; on {args.cores} cores {floor_wall:.1f} min wall")
+    if eager_min:
+        print(f"eager (pairs): {sum(eager_min):.1f} CPU min; on {args.cores} cores "
+              f"{makespan(eager_min, args.cores):.1f} min wall")
+        print(f"compiled_vs_eager={makespan(eager_min, args.cores) / wall:.2f}")
+    print(f"paper_scale_wall_min={wall:.2f}")
+    print(f"gemm_floor_wall_min={floor_wall:.2f}")
+    print(f"estimate_vs_floor={wall / floor_wall:.2f}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Every run directory records its steps and wall time (``summary.json``); a stage's paper-scale
 time is its groups' measured seconds per step times the steps the patents' settings need
-(E1: 50 epochs, E2: 200 epochs). Groups that ran in parallel processes are summed as CPU time and
+(E1: 50 epochs, E2: 200 epochs; other runs at the epochs they ran). Groups that ran in parallel processes are summed as CPU time and
 also shown as wall time on the given number of cores.
 
     python benchmarks/reproduction_time.py [--runs runs] [--cores 2]
@@ -14,7 +14,16 @@ from pathlib import Path
 
 import pandas as pd
 
-PAPER_EPOCHS = {"e1": 50, "e2": 200, "ablation": None, "mnist-pixels": None}
+PAPER_EPOCHS = {"e1": 50, "e2": 200}
+
+
+def stage(config: dict) -> str:
+    """e1 (MNIST reconstruction), e2 (CIFAR-10 GIST retrieval) or the run folder's parent otherwise."""
+    if config.get("task") == "reconstruction" and config.get("dataset") == "mnist":
+        return "e1"
+    if config.get("dataset") == "cifar10" and config.get("features") == "gist":
+        return "e2"
+    return ""
 
 
 def main():
@@ -28,9 +37,10 @@ def main():
         c = s["config"]
         # a training process is known by its group's runs; older summaries lack them (then: bits and group size)
         process = " ".join(s.get("group_runs", [])) or f"{c['bits']}/{s.get('group_size', 1)}"
-        rows.append({"stage": summary.parent.parent.name, "run": summary.parent.name, "process": process,
+        rows.append({"stage": stage(c) or summary.parent.parent.name, "run": summary.parent.name, "process": process,
                      "bits": c["bits"], "group": s.get("group_size", 1), "epochs": s["epochs"],
-                     "wall_s": s["wall_time_s"], "compiled": c.get("compile_step", False)})
+                     "wall_s": s["wall_time_s"],
+                     "compiled": s.get("runtime", {}).get("compile_step", c.get("compile_step", False))})
     if not rows:
         raise SystemExit(f"no finished runs under {args.runs}/<stage>/<run>")
     df = pd.DataFrame(rows)

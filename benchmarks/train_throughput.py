@@ -1,29 +1,30 @@
 """Model-steps per second at the E2 configuration (M=4, K=64, batch 32, 512-D inputs), one thread.
 
 Baseline: one model as a plain eager PyTorch network (nn.Linear layers, torch.optim.Adam), the
-way it would be written without grouping. Then rsgh's lock-step groups of 1, 2, 6, 12, 24 models
-(R-SGH objective, the training step of ``rsgh.train``). All in the same run, on random inputs
-(throughput does not depend on the values).
+way it would be written without grouping. Then rsgh's lock-step groups (half SGH, half R-SGH; the
+training step of ``rsgh.train.step``, timed by ``rsgh.train.step.step_rate``) of ``--sizes`` models,
+eager, and of ``--compiled-sizes`` models with ``compile_step`` (on a CPU the whole step as one
+graph, on CUDA the forward and backward pass with CUDA graphs). On a CPU each group is also set
+against the floor of its matrix products alone (``stages.products``, measured right before it).
+All in the same run, on random inputs (throughput does not depend on the values).
 
-    python benchmarks/train_throughput.py [--seconds 3] [--device cpu]
-
-Then the same groups with ``compile_step=True`` (the whole step as one ``torch.compile`` graph).
+    python benchmarks/train_throughput.py [--seconds 3] [--device cpu|cuda] [--sizes 1,2,6,12,24]
+                                          [--compiled-sizes 2,12]
 
 Ends with ``group12_vs_single=<ratio>``: model-steps/s of the (uncompiled) group of 12 over the
-eager model.
+eager model (when 12 is among the sizes).
 """
 
 import argparse
-import time
 
 import torch
 from torch import nn
 
-from rsgh.config import make_config
-from rsgh.model import HashModel
-from rsgh.neuron import binary_sample
-from rsgh.objective import GroupSpec, bernoulli_kl
-from rsgh.train import make_step
+from rsgh.config import Runtime, make_config
+from rsgh.method.neuron import binary_sample
+from rsgh.method.objective import bernoulli_kl
+from rsgh.train.step import step_rate
+from stages import floor_rate, timed_rate  # benchmarks/ is on sys.path when run
 
 D, K, M, B = 512, 64, 4, 32
 
@@ -56,65 +57,40 @@ def eager_single(x_all, seconds, device):
     return timed_rate(step, seconds, device)
 
 
-def group(x_all, size, seconds, device, compiled=False):
-    """rsgh's training step (``rsgh.train.make_step``) for a group of ``size`` models."""
-    cfgs = [make_config(None, dict(method="rsgh" if g % 2 else "sgh", hidden_layers=M, bits=K, seed=g))
+def configs(size):
+    return [make_config(None, dict(method="rsgh" if g % 2 else "sgh", hidden_layers=M, bits=K, seed=g))
             for g in range(size)]
-    spec = GroupSpec.from_configs(cfgs, device)
-    model = HashModel(D, K, M, seeds=[c.seed for c in cfgs]).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-    lam = torch.zeros(size, K, device=device)
-    train_step = make_step(model, opt, spec, lam, compiled)
-
-    def step():
-        train_step(x_all[torch.randint(len(x_all), (B,), device=device)], torch.rand(size, B, K, device=device))
-
-    return size * timed_rate(step, seconds, device)
-
-
-def timed_rate(step, seconds, device):
-    """Calls of ``step`` per second over about ``seconds``, after 20 warm-up calls."""
-    for _ in range(20):
-        step()
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        for _ in range(10):
-            step()
-        n += 10
-    sync()
-    return n / (time.perf_counter() - t0)
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=3.0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--sizes", default="1,2,6,12,24")
     p.add_argument("--compiled-sizes", default="2,12",
                    help="groups also timed with compile_step=True (each compiles first: 15-60 s); '' for none")
     args = p.parse_args()
     torch.set_num_threads(1)
     device = torch.device(args.device)
-    x_all = torch.rand(59000, D, device=device)
-    base = eager_single(x_all, args.seconds, device)
+    base = eager_single(torch.rand(59000, D, device=device), args.seconds, device)
     print(f"device={device} threads=1 E2 config: D={D} K={K} M={M} batch={B}")
     print(f"eager single model: {base:8.0f} model-steps/s")
     results = {}
-    for size in map(int, args.sizes.split(",")):
-        results[size] = group(x_all, size, args.seconds, device)
-        print(f"group of {size:2d}: {results[size]:8.0f} model-steps/s  ({results[size] / base:5.2f}x eager)")
-    compiled = {}
-    for size in (int(v) for v in args.compiled_sizes.split(",") if v):
-        compiled[size] = group(x_all, size, args.seconds, device, compiled=True)
-        print(f"group of {size:2d}, compiled step: {compiled[size]:8.0f} model-steps/s  "
-              f"({compiled[size] / base:5.2f}x eager, {compiled[size] / results.get(size, float('nan')):4.2f}x "
-              "the same group uncompiled)")
-    if 12 in compiled:
-        print(f"compiled_group12_vs_single={compiled[12] / base:.2f}")
-    if 12 in results:
-        print(f"group12_vs_single={results[12] / base:.2f}")
+    for compiled, sizes in ((False, args.sizes), (True, args.compiled_sizes)):
+        runtime = Runtime(progress=False, compile_step=compiled, device=args.device)
+        for size in (int(v) for v in sizes.split(",") if v):
+            cfgs = configs(size)
+            floor = size * floor_rate(cfgs, D, args.seconds)[0] if device.type == "cpu" else float("nan")
+            rate, warm = step_rate(cfgs, D, runtime, args.seconds)
+            results[compiled, size] = rate
+            print(f"group of {size:3d}{', compiled' if compiled else ''}: {rate:9.0f} model-steps/s  "
+                  f"({rate / base:6.2f}x the eager model; products alone {floor:9.0f}: step/floor "
+                  f"{floor / rate:5.2f}; warm-up {warm:.0f} s)", flush=True)
+    for size in sorted(s for c, s in results if c):
+        if (False, size) in results:
+            print(f"compiled_group{size}_vs_uncompiled={results[True, size] / results[False, size]:.2f}")
+    if (False, 12) in results:
+        print(f"group12_vs_single={results[False, 12] / base:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,86 @@
+"""What the speed benchmarks share: the training stages of the one-seed paper-scale reproduction,
+the steps the patents' settings need, the matrix products of a step (the floor) and how a rate is
+timed on a machine that other jobs share.
+
+Run from the repository root (``python benchmarks/<script>.py``): ``benchmarks/`` is then on
+``sys.path`` and the scripts import this module by name.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from rsgh.config import make_config
+
+STAGES = [  # name, presets, overrides, input dimension, training items, epochs
+    ("E1 (MNIST, K=64, M=1)", ("e1-sgh", "e1-rsgh"), {}, 784, 60000, 50),
+    ("E2 32 bits", ("e2-sgh", "e2-rsgh"), {"bits": 32}, 512, 59000, 200),
+    ("E2 64 bits", ("e2-sgh", "e2-rsgh"), {"bits": 64}, 512, 59000, 200),
+    ("E2 128 bits", ("e2-sgh", "e2-rsgh"), {"bits": 128}, 512, 59000, 200),
+]
+
+
+def stages(bits=(32, 64, 128), e2_epochs: int = 200, e1_epochs: int = 50):
+    """STAGES at other code lengths or epochs (a toy run of the benchmarks): E2 longest code first, E1 last."""
+    out = [(f"E2 {b} bits", ("e2-sgh", "e2-rsgh"), {"bits": b}, 512, 59000, e2_epochs) for b in sorted(bits)[::-1]]
+    return out + ([STAGES[0][:5] + (e1_epochs,)] if e1_epochs else [])
+
+
+def stage_setup(presets, overrides, items, epochs):
+    """A stage's configurations (one model per preset) and the training steps of each model."""
+    cfgs = [make_config(p, dict(overrides, seed=g, epochs=epochs)) for g, p in enumerate(presets)]
+    return cfgs, items // cfgs[0].batch_size * epochs
+
+
+def timed_rate(step, seconds: float, device=torch.device("cpu"), warmup: int = 20) -> float:
+    """Calls of ``step`` per second: rounds of 10 calls for about ``seconds`` after ``warmup`` calls,
+    the rate of the median round (a busy machine's pauses count less than in a plain mean)."""
+    for _ in range(warmup):
+        step()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    rounds, start = [], time.perf_counter()
+    while time.perf_counter() - start < seconds or len(rounds) < 3:
+        t = time.perf_counter()
+        for _ in range(10):
+            step()
+        sync()
+        rounds.append(time.perf_counter() - t)
+    return 10 / sorted(rounds)[len(rounds) // 2]
+
+
+def layer_dims(dim, bits, hidden_layers):
+    """(in, out) of each linear layer: encoder D -> K -> ... -> K, decoder K -> ... -> K -> D."""
+    enc = [dim] + [bits] * (hidden_layers + 1)
+    dec = [bits] * (hidden_layers + 1) + [dim]
+    return list(zip(enc[:-1], enc[1:])) + list(zip(dec[:-1], dec[1:]))
+
+
+def products(dims, group, batch):
+    """A function doing one step's batched products (nothing else), and the step's floating-point
+    operations: per layer the batch by the weights (forward), the activations by the gradient (the
+    weights' gradient) and the gradient by the weights (backward; not into the data)."""
+    ops, flops = [], 0
+    for i, (n_in, n_out) in enumerate(dims):
+        x, w, g = torch.randn(group, batch, n_in), torch.randn(group, n_in, n_out), torch.randn(group, batch, n_out)
+        ops.append((x, w))
+        ops.append((x.transpose(1, 2), g))
+        flops += 2 * 2 * group * batch * n_in * n_out
+        if i > 0:
+            ops.append((g, w.transpose(1, 2)))
+            flops += 2 * group * batch * n_in * n_out
+
+    def step():
+        for a, b in ops:
+            torch.bmm(a, b)
+    return step, flops
+
+
+def floor_rate(cfgs, dim, seconds: float) -> tuple[float, int]:
+    """Steps per second of a stage's group (``cfgs``) if a step were its matrix products alone, one
+    thread; and the step's floating-point operations."""
+    c = cfgs[0]
+    step, flops = products(layer_dims(dim, c.bits, c.hidden_layers), len(cfgs), c.batch_size)
+    return timed_rate(step, seconds), flops
