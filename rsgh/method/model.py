@@ -33,6 +33,11 @@ def group_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     ``x``: (B, in), shared by the group, or (G, ..., in); ``weight``: (G, in, out);
     ``bias``: (G, 1, out). Returns (G, ..., out).
     """
+    if x.dim() == 2 and weight.shape[0] > 1 and torch.compiler.is_compiling():
+        # In a compiled step, G products with x shared (stride 0) rather than one with the weights
+        # stacked side by side: no transposed copy of the weights, nor of their gradient for Adam
+        # (measured: 10% of a compiled step of a pair at K=128, 3% at K=64)
+        x = x.expand(weight.shape[0], *x.shape)
     if x.dim() == 2:
         # One (B, in) x (in, G*out) GEMM instead of G small ones: much faster on a CPU.
         g, fan_in, fan_out = weight.shape
