@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_summarize)
     r = sub.add_parser("reproduce", help="re-execute the book's notebooks into a separate folder and compare every "
                                          "published number (notebooks/plan.yml)")
-    r.add_argument("--profile", default="paper", help="parameter set of the plan: paper (default), quick or smoke")
+    r.add_argument("--profile", default="paper", help="parameter set of the plan: paper (default), quick, smoke or full (the sources' budgets)")
     r.add_argument("--out", help="folder of the re-executed book (default: reproduction/<profile>)")
     r.add_argument("--plan", default=str(ROOT / "notebooks" / "plan.yml"))
     r.add_argument("--only", nargs="+", help="run only these pages of the plan")

@@ -44,8 +44,8 @@ def test_notebook_defaults_equal_the_paper_profile_of_their_first_page():
     for name, entry in load_plan(PLAN)["notebooks"].items():
         source = entry.get("notebook", name)
         defaults = notebook_defaults(ROOT / "notebooks" / f"{source}.ipynb")
-        for profile in ("paper", "quick", "smoke"):
-            assert set(entry[profile]) <= set(defaults), f"{name} {profile}: {set(entry[profile]) - set(defaults)}"
+        for profile in ("paper", "quick", "smoke", "full"):
+            assert set(entry.get(profile) or {}) <= set(defaults), f"{name} {profile}: {set(entry[profile]) - set(defaults)}"
         if source not in seen:
             assert entry["paper"] == defaults, f"{name}: paper profile {entry['paper']} vs defaults {defaults}"
             seen.add(source)

@@ -47,14 +47,19 @@ RETRIEVAL_PAGES = {
 }
 
 
-def retrieval_text(page: str, validation: int) -> tuple[str, str]:
-    """(title, introduction) of a retrieval page."""
+def retrieval_text(page: str, validation: int, epochs: int | None = None) -> tuple[str, str]:
+    """(title, introduction) of a retrieval page; ``epochs``: what this page trains, said where it is not
+    the patents' 200."""
     if page not in RETRIEVAL_PAGES:
         raise ValueError(f"page={page!r} is not one of {', '.join(RETRIEVAL_PAGES)}")
     title, intro = RETRIEVAL_PAGES[page]
     intro += " " + _PROTOCOL
     if validation:
         intro += " " + _VALIDATION.format(validation=validation)
+    if epochs is not None and page in ("e2", "e3") and epochs != 200:
+        intro += (f" **This page trains {epochs} epochs, not the patents' 200**: the budget of the published "
+                  "book on two cores (the plan's `full` profile trains 200). The model kept is the one of the best "
+                  "validation evaluation either way, and the curves below show where that falls.")
     return title, intro
 
 

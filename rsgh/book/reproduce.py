@@ -46,6 +46,9 @@ def load_plan(path: str | Path = PLAN) -> dict:
     return plan
 
 
+FULL = "full"  # the sources' budgets (200 epochs, 60 / 30 trials, 5 seeds): its entries change the paper profile
+
+
 def pages(plan_path: str | Path, profile: str, only: Sequence[str] = ()) -> list[tuple[str, Path, dict]]:
     """(page name, source notebook, parameters) of the plan's pages for ``profile``."""
     notebooks = load_plan(plan_path)["notebooks"]
@@ -56,9 +59,13 @@ def pages(plan_path: str | Path, profile: str, only: Sequence[str] = ()) -> list
     for name, entry in notebooks.items():
         if only and name not in only:
             continue
-        if not isinstance(entry, dict) or profile not in entry:
+        if profile == FULL and isinstance(entry, dict) and "paper" in entry:  # full: changes to the paper profile
+            params = {**(entry["paper"] or {}), **(entry.get(FULL) or {})}
+        elif isinstance(entry, dict) and profile in entry:
+            params = dict(entry[profile] or {})
+        else:
             raise ValueError(f"page {name} has no '{profile}' profile in {plan_path}")
-        out.append((name, Path(plan_path).parent / f"{entry.get('notebook', name)}.ipynb", dict(entry[profile] or {})))
+        out.append((name, Path(plan_path).parent / f"{entry.get('notebook', name)}.ipynb", params))
     return out
 
 
