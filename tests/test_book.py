@@ -130,6 +130,7 @@ def test_reproduce_executes_into_its_own_folder_reports_and_builds(tmp_path, mni
     assert "MNIST, pixels" in page and "Traceback" not in page
 
 
+@pytest.mark.slow
 def test_a_failing_notebook_is_named_and_its_output_kept(tmp_path, mnist_root, monkeypatch):
     from rsgh.errors import NotebookFailed
 

@@ -4,6 +4,7 @@ import sys
 from dataclasses import fields
 
 import pandas as pd
+import pytest
 
 from rsgh.cli import main
 from rsgh.config import Config
@@ -22,6 +23,7 @@ def test_help_documents_every_parameter_and_default():
         assert preset in out.stdout
 
 
+@pytest.mark.slow
 def test_train_from_the_command_line_on_real_mnist(tmp_path, mnist_root, capsys):
     out = tmp_path / "run"
     args = ["train", "--config", "e1-rsgh", "--set", "iterations=60", "--set", "eval_every=30",
@@ -38,6 +40,7 @@ def test_train_from_the_command_line_on_real_mnist(tmp_path, mnist_root, capsys)
     assert "--resume" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_user_mistakes_give_one_line_errors(tmp_path):
     for args, msg in [
         (["--set", "bitz=3"], "did you mean bits"),
@@ -48,6 +51,7 @@ def test_user_mistakes_give_one_line_errors(tmp_path):
         assert out.returncode == 2 and msg in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_missing_data_is_a_clear_error(tmp_path):
     out = run_cli("train", "--config", "e1-sgh", "--out", str(tmp_path / "x"), "--data-root", str(tmp_path / "none"),
                   env={"PATH": "", "RSGH_OFFLINE": "1"})

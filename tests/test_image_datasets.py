@@ -501,6 +501,7 @@ def _real_root() -> Path | None:
 
 @pytest.mark.skipif(_real_root() is None, reason=f"the CIFAR-10 JPEG copy {cifar10.CIFAR10_JPEG_FILE} is not in "
                     "$RSGH_DATA or ../shared/data")
+@pytest.mark.slow
 def test_real_cifar10_jpeg_copy():
     root = _real_root()
     index = cifar10_jpeg_index(root)

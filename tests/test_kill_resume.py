@@ -8,6 +8,7 @@ import textwrap
 import time
 
 import pandas as pd
+import pytest
 import torch
 
 from rsgh.train.rundir import CHECKPOINT, PREVIOUS, RunDir
@@ -28,6 +29,7 @@ def checkpoint_iteration(run) -> int:
         return -1
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_bit_identical_weights(tmp_path, mnist_root):
     reference, victim = tmp_path / "reference", tmp_path / "victim"
     ref = subprocess.Popen(train_cmd(reference, mnist_root), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -104,6 +106,7 @@ def kill_when_half_written(mode, folder):
             proc.kill()
 
 
+@pytest.mark.slow
 def test_sigkill_during_atomic_write_keeps_the_old_file(tmp_path):
     (tmp_path / "file.bin").write_bytes(b"old contents")
     kill_when_half_written("atomic_write", tmp_path)
@@ -112,6 +115,7 @@ def test_sigkill_during_atomic_write_keeps_the_old_file(tmp_path):
     assert len(leftovers) == 1 and 0 < leftovers[0].stat().st_size < 300_000  # the half-written temp file
 
 
+@pytest.mark.slow
 def test_sigkill_while_a_checkpoint_is_written_keeps_the_previous_one(tmp_path):
     old = {"model": {}, "optimizer": {}, "lambda": torch.zeros(1), "data_generator": torch.zeros(1),
            "noise_generator": torch.zeros(1), "state": {"iteration": 400}, "log": {"rows": [], "units": [], "best": {}},

@@ -144,6 +144,7 @@ def test_patience_stops_a_model_where_it_stops_alone(tmp_path, folder):
                                    rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_experiment_reuses_finished_runs(tmp_path, folder, monkeypatch):
     monkeypatch.setenv("RSGH_WORKERS", "1")
     monkeypatch.delenv("RSGH_SCHEDULER", raising=False)
@@ -160,6 +161,7 @@ def test_experiment_reuses_finished_runs(tmp_path, folder, monkeypatch):
     assert (results.dirs[0] / "summary.json").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_baselines_table_is_cached_by_what_it_depends_on(tmp_path, folder, monkeypatch):
     monkeypatch.setenv("RSGH_CACHE", str(tmp_path / "cache"))
     c = cfg(folder, bits=8)

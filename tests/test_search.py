@@ -168,6 +168,7 @@ def test_rankings_equal_an_independent_numpy_ranking(tmp_path, bits):
     assert [[h["name"] for h in r["results"]] for r in top3] == [[order[i] for i in wi[:3]] for wi in want_i]
 
 
+@pytest.mark.slow
 def test_mnist_png_copies_get_exactly_the_training_codes(tmp_path, mnist_root):
     """Real MNIST digits saved as PNG are encoded exactly as the IDX pixels the model saw."""
     from rsgh.data.mnist import load_mnist_like
@@ -513,6 +514,7 @@ KILLER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sigkill_while_writing_leaves_the_previous_index(grey, tmp_path):
     """SIGKILL in the middle of writing a shard, or between the shard and the manifest: the index
     is what it was (a first encode leaves no index), and the next encode completes it."""
