@@ -13,7 +13,7 @@ from PIL import Image
 from rsgh.book import experiments as ex
 from rsgh.book import notebook as nbk
 from rsgh.book import tables
-from rsgh.config import make_config
+from rsgh.config import Runtime, make_config
 from rsgh.data.split import Split, retrieval_split
 from rsgh.data.task import load_task_data
 from rsgh.eval.metrics import mean_average_precision
@@ -159,6 +159,10 @@ def test_experiment_reuses_finished_runs(tmp_path, folder, monkeypatch):
     stamp = (results.dirs[0] / "summary.json").stat().st_mtime_ns
     experiment.run()  # a second call reuses the finished runs instead of training again
     assert (results.dirs[0] / "summary.json").stat().st_mtime_ns == stamp
+    # other runtime settings (threads, a compiled step) are not part of what a run is: still reused
+    ex.Experiment("abl", variants, tmp_path / "runs", runtime=Runtime(threads=2, compile_step=True)).run()
+    assert (results.dirs[0] / "summary.json").stat().st_mtime_ns == stamp
+    assert len(list((tmp_path / "runs").rglob("config.json"))) == 6
 
 
 @pytest.mark.slow
