@@ -192,6 +192,8 @@ def test_notebook_parameter_types():
         nbk.check_parameters(epochs=("ten", int))
     with pytest.raises(TypeError, match="should be of type int, not bool"):
         nbk.check_parameters(epochs=(True, int))
+    with pytest.raises(ValueError, match="seeds is an empty list: give at least one value"):  # was "No objects to concatenate"
+        nbk.check_parameters(seeds=([], list))
 
 
 def test_mean_and_spread_compact_rounds_to_the_spread():
