@@ -151,3 +151,25 @@ def test_published_book_builds_strictly(tmp_path):
                             str(book)], capture_output=True, text=True)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     assert (book / "_build" / "html" / "_static" / "mathjax").is_dir()  # MathJax served locally
+
+
+def test_a_page_killed_while_it_ran_is_not_finished(tmp_path):
+    """papermill writes the page as it goes: a killed run leaves a notebook without an error, which must
+    run again (it was once kept as finished)."""
+    source = nbformat.v4.new_notebook()
+    source.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("y = 2")]
+    nbformat.write(source, tmp_path / "source.ipynb")
+    page = nbformat.v4.new_notebook()
+    page.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("y = 2")]
+    page.metadata["papermill"] = {"parameters": {"a": 1}, "exception": None, "end_time": None}
+    page.cells[0].metadata["papermill"] = {"status": "completed"}
+    page.cells[1].metadata["papermill"] = {"status": "running"}
+    nbformat.write(page, tmp_path / "page.ipynb")
+    assert not finished_with(tmp_path / "page.ipynb", {"a": 1}, tmp_path / "source.ipynb")  # killed in cell 2
+    page.metadata["papermill"]["end_time"] = "2026-11-30T01:00:00"
+    nbformat.write(page, tmp_path / "page.ipynb")
+    assert not finished_with(tmp_path / "page.ipynb", {"a": 1}, tmp_path / "source.ipynb")  # a cell never ended
+    page.cells[1].metadata["papermill"] = {"status": "completed"}
+    nbformat.write(page, tmp_path / "page.ipynb")
+    assert finished_with(tmp_path / "page.ipynb", {"a": 1}, tmp_path / "source.ipynb")
+    assert not finished_with(tmp_path / "page.ipynb", {"a": 2}, tmp_path / "source.ipynb")
