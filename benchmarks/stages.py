@@ -8,11 +8,10 @@ Run from the repository root (``python benchmarks/<script>.py``): ``benchmarks/`
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from rsgh.config import make_config
+from rsgh.train.step import timed_rate
 
 STAGES = [  # name, presets, overrides, input dimension, training items, epochs
     ("E1 (MNIST, K=64, M=1)", ("e1-sgh", "e1-rsgh"), {}, 784, 60000, 50),
@@ -32,23 +31,6 @@ def stage_setup(presets, overrides, items, epochs):
     """A stage's configurations (one model per preset) and the training steps of each model."""
     cfgs = [make_config(p, dict(overrides, seed=g, epochs=epochs)) for g, p in enumerate(presets)]
     return cfgs, items // cfgs[0].batch_size * epochs
-
-
-def timed_rate(step, seconds: float, device=torch.device("cpu"), warmup: int = 20) -> float:
-    """Calls of ``step`` per second: rounds of 10 calls for about ``seconds`` after ``warmup`` calls,
-    the rate of the median round (a busy machine's pauses count less than in a plain mean)."""
-    for _ in range(warmup):
-        step()
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    rounds, start = [], time.perf_counter()
-    while time.perf_counter() - start < seconds or len(rounds) < 3:
-        t = time.perf_counter()
-        for _ in range(10):
-            step()
-        sync()
-        rounds.append(time.perf_counter() - t)
-    return 10 / sorted(rounds)[len(rounds) // 2]
 
 
 def layer_dims(dim, bits, hidden_layers):
@@ -83,4 +65,4 @@ def floor_rate(cfgs, dim, seconds: float) -> tuple[float, int]:
     thread; and the step's floating-point operations."""
     c = cfgs[0]
     step, flops = products(layer_dims(dim, c.bits, c.hidden_layers), len(cfgs), c.batch_size)
-    return timed_rate(step, seconds), flops
+    return timed_rate(step, seconds)[0], flops

@@ -24,7 +24,8 @@ from rsgh.config import Runtime, make_config
 from rsgh.method.neuron import binary_sample
 from rsgh.method.objective import bernoulli_kl
 from rsgh.train.step import step_rate
-from stages import floor_rate, timed_rate  # benchmarks/ is on sys.path when run
+from rsgh.train.step import timed_rate
+from stages import floor_rate  # benchmarks/ is on sys.path when run
 
 D, K, M, B = 512, 64, 4, 32
 
@@ -54,7 +55,7 @@ def eager_single(x_all, seconds, device):
         opt.step()
         lam.add_(0.01 * r.detach()).clamp_(min=0)
 
-    return timed_rate(step, seconds, device)
+    return timed_rate(step, seconds, device)[0]
 
 
 def configs(size):

@@ -218,8 +218,6 @@ def step_rate(configs, input_dim: int, runtime=None, seconds: float = 2.0, warmu
     inputs of their shape, with ``runtime``'s device, threads and step (the warm-up, which compiles a
     compiled step, is not in the rate). Timed in rounds of 10 steps for about ``seconds``; the rate
     is that of the median round, so that a busy machine's pauses count less."""
-    import time
-
     from ..config import Runtime
 
     runtime = (runtime or Runtime(progress=False)).validate()
@@ -243,19 +241,28 @@ def step_rate(configs, input_dim: int, runtime=None, seconds: float = 2.0, warmu
         step(xs[i * B:(i + 1) * B], xis[i])
         calls += 1
 
+    rate, warm = timed_rate(one, seconds, device, warmup)
+    return G * rate, warm
+
+
+def timed_rate(call, seconds: float, device=torch.device("cpu"), warmup: int = 20) -> tuple[float, float]:
+    """(calls of ``call`` per second, seconds of the ``warmup`` calls before): rounds of 10 calls for
+    about ``seconds``, the rate of the median round (a busy machine's pauses count less than in a mean)."""
+    import time
+
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     t0 = time.perf_counter()
     for _ in range(warmup):
-        one()
+        call()
     sync()
     warm, rounds, start = time.perf_counter() - t0, [], time.perf_counter()
     while time.perf_counter() - start < seconds or len(rounds) < 3:
         t = time.perf_counter()
         for _ in range(10):
-            one()
+            call()
         sync()
         rounds.append(time.perf_counter() - t)
-    return G * 10 / sorted(rounds)[len(rounds) // 2], warm
+    return 10 / sorted(rounds)[len(rounds) // 2], warm
 
 
 def makespan(durations, workers: int) -> float:
