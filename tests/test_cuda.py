@@ -67,14 +67,19 @@ def test_group_members_match_lone_runs_on_the_device(tmp_path, blobs):
         pd.testing.assert_frame_equal(metrics(outs[g]), metrics(alone), rtol=1e-4, check_dtype=False)
 
 
+def interrupt_and_resume(configs, blobs, outs, runtime):
+    """Train the group into ``outs``, stopped after its first evaluation, then resumed to the end."""
+    with pytest.raises(Interrupt):
+        train_group(configs, TaskData(*blobs), outs, runtime, hooks=(stop_after_first_evaluation,))
+    train_group(configs, TaskData(*blobs), outs, runtime, resume=True)
+
+
 def test_runs_on_the_device_are_deterministic_and_resume_exactly(tmp_path, blobs):
     configs = cfgs()[:2]
     a, b, cut = ([tmp_path / f"{n}{g}" for g in range(2)] for n in ("a", "b", "cut"))
     train_group(configs, TaskData(*blobs), a, EAGER)
     train_group(configs, TaskData(*blobs), b, EAGER)
-    with pytest.raises(Interrupt):
-        train_group(configs, TaskData(*blobs), cut, EAGER, hooks=(stop_after_first_evaluation,))
-    train_group(configs, TaskData(*blobs), cut, EAGER, resume=True)
+    interrupt_and_resume(configs, blobs, cut, EAGER)
     for x, y, z in zip(a, b, cut):
         assert_same(x, y)
         assert_same(x, z)
@@ -86,9 +91,7 @@ def test_compiled_step_on_the_device_agrees_with_eager_and_resumes(tmp_path, blo
     eager, compiled, cut = ([tmp_path / f"{n}{g}" for g in range(3)] for n in ("e", "c", "cut"))
     train_group(configs, TaskData(*blobs), eager, EAGER)
     train_group(configs, TaskData(*blobs), compiled, COMPILED)
-    with pytest.raises(Interrupt):
-        train_group(configs, TaskData(*blobs), cut, COMPILED, hooks=(stop_after_first_evaluation,))
-    train_group(configs, TaskData(*blobs), cut, COMPILED, resume=True)
+    interrupt_and_resume(configs, blobs, cut, COMPILED)
     for x, y, z in zip(eager, compiled, cut):
         assert_same(x, y, rtol=1e-4, atol=1e-5)  # test_group.py's compiled-against-eager tolerance
         assert_same(y, z, rtol=1e-6, atol=1e-7)
