@@ -186,6 +186,34 @@ def test_baselines_table_is_cached_by_what_it_depends_on(tmp_path, folder, monke
         ex.baselines_table(c, [8], [0, 2])  # other seeds are another entry
 
 
+@pytest.mark.slow
+def test_tuned_baselines_choose_each_scaling_by_validation_map_and_report_its_test_map(tmp_path, folder, monkeypatch):
+    from rsgh.book import comparison as cmp
+    from rsgh.book import schedule
+
+    monkeypatch.setenv("RSGH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RSGH_WORKERS", "2")
+    monkeypatch.delenv("RSGH_SCHEDULER", raising=False)
+    schedule._close()  # a cluster started by another test has another cache folder
+    c = cfg(folder, bits=8, validation_per_class=5)
+    try:
+        test, choice = cmp.tuned_baselines(c, [4, 8], [0, 1])
+    finally:
+        schedule._close()
+    # the same choice made here, serially and without the cache
+    val = pd.concat([ex.baselines_table(c, [4, 8], [0, 1], scaling=s, part="validation", cache=False)
+                     for s in cmp.SCALINGS])
+    means = val.groupby(["method", "bits", "scaling"])["map"].mean()
+    assert len(choice) == 8 and len(test) == 12  # 4 methods x 2 code lengths; ITQ and LSH once per seed (2)
+    for row in choice.itertuples():
+        assert row.validation_map == pytest.approx(means[row.method, row.bits].max())
+        assert row.validation_map == pytest.approx(means[row.method, row.bits, row.scaling])
+        chosen = ex.baselines_table(c, [4, 8], [0, 1], scaling=row.scaling, cache=False)
+        chosen = chosen[(chosen["method"] == row.method) & (chosen["bits"] == row.bits)]
+        got = test[(test["method"] == row.method) & (test["bits"] == row.bits)]
+        np.testing.assert_allclose(np.sort(got["map"].to_numpy()), np.sort(chosen["map"].to_numpy()))
+
+
 def test_notebook_parameter_types():
     nbk.check_parameters(epochs=(3, int), lr=(1, float), seeds=([0], list))
     with pytest.raises(TypeError, match="epochs='ten' should be of type int"):
