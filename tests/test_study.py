@@ -71,4 +71,10 @@ def test_the_tuned_comparison_decides_the_verdict():
     assert vd.overall(down, up) == "supported" and vd.overall(up, down) == "not supported"
     assert vd.overall(up, None) == "supported" and vd.overall(None, None) == "not testable here"
     row = vd.row("claim", up, down, "{doc}`x`")
-    assert row["verdict"] == "not supported" and "[+0.050, +0.150]: supported" in row["patents' settings"]
+    assert row["verdict"] == "not supported" and "[+0.050, +0.150]: supported" in row["sources' settings"]
+    # a claim under a protocol the studies did not tune for: the sources' settings decide
+    assert vd.overall(up, down, decide="sources") == "supported"
+    assert vd.overall(None, down, decide="sources") == "not supported"
+    assert vd.row("claim", up, down, "", decide="sources")["decided by"] == "sources"
+    with pytest.raises(ValueError, match="decide must be"):
+        vd.overall(up, down, decide="patents")

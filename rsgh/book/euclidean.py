@@ -4,8 +4,9 @@ For each test query, its 10 nearest database items in Euclidean distance of the 
 (before any scaling) are the truth; every method's codes rank the database by Hamming distance, and
 Recall10@N is the expected fraction of the 10 found in the top N (exact under a random order within
 ties, ``rsgh.eval.neighbours``). The methods: linear SGH with the published code's choices
-(``sgh-reference``: batch 500, 5,000 iterations, Adam 1e-2), deep SGH and R-SGH at the configurations
-their studies chose, and ITQ, LSH, PCAH and SH fitted on the raw features.
+(``sgh-reference``: batch 500, 5,000 iterations, Adam 1e-2), SGH and R-SGH at the configurations
+their studies chose (depth is one of the studies' choices: tuned SGH may be linear), and ITQ, LSH, PCAH
+and SH fitted on the raw features.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def experiment(dataset: str, bits: Sequence[int], seeds: Sequence[int], max_epoc
     variants = []
     for k in bits:
         variants += [("linear SGH (reference code)", reference_config(dataset, k, s)) for s in seeds]
-        variants += [(f"{'deep SGH' if m == 'sgh' else 'R-SGH'} (tuned)",
+        variants += [(f"{'SGH' if m == 'sgh' else 'R-SGH'} (tuned)",
                       st.trial_config(st.best_params(dirs[m], m), m, dataset, k, max_epochs, seed=s))
                      for m in ("sgh", "rsgh") for s in seeds]
     return Experiment(f"euclidean-{dataset}", variants, runs_dir, data_root, Runtime(progress=False))

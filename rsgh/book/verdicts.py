@@ -67,13 +67,20 @@ def by_seed(finals: pd.DataFrame, column: str, **where) -> pd.Series:
     return rows.set_index("seed")[column]
 
 
-def overall(patents: Effect | None, tuned: Effect | None) -> str:
-    """The claim's verdict: the tuned (fair) comparison decides; without one, the patents' settings."""
-    decisive = tuned if tuned is not None else patents
+def overall(sources: Effect | None, tuned: Effect | None, decide: str = "tuned") -> str:
+    """The claim's verdict. ``decide="tuned"``: the tuned (fair) comparison decides, without one the
+    sources' settings. ``decide="sources"``: the sources' settings decide; for a claim measured under a
+    protocol the studies did not tune for (they select on class-label mAP), such as SGH's own claim in
+    Euclidean neighbour search, whose sources' settings are the SGH code's."""
+    if decide not in ("tuned", "sources"):
+        raise ValueError(f"decide must be 'tuned' or 'sources', got {decide!r}")
+    first, second = (tuned, sources) if decide == "tuned" else (sources, tuned)
+    decisive = first if first is not None else second
     return decisive.verdict if decisive is not None else "not testable here"
 
 
-def row(claim: str, patents: Effect | None, tuned: Effect | None, pages: str, digits: int = 3) -> dict:
+def row(claim: str, sources: Effect | None, tuned: Effect | None, pages: str, digits: int = 3,
+        decide: str = "tuned") -> dict:
     cell = (lambda e: "—" if e is None else f"{e.text(digits)}: {e.verdict}")
-    return {"claim": claim, "patents' settings": cell(patents), "tuned settings": cell(tuned),
-            "verdict": overall(patents, tuned), "pages": pages}
+    return {"claim": claim, "sources' settings": cell(sources), "tuned settings": cell(tuned),
+            "verdict": overall(sources, tuned, decide), "decided by": decide, "pages": pages}
