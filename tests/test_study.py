@@ -78,3 +78,22 @@ def test_the_tuned_comparison_decides_the_verdict():
     assert vd.row("claim", up, down, "", decide="sources")["decided by"] == "sources"
     with pytest.raises(ValueError, match="decide must be"):
         vd.overall(up, down, decide="patents")
+
+
+def test_top_trials_orders_by_value_and_shows_parameters_a_trial_left_out_as_a_dash():
+    from rsgh.book import comparison as cmp
+
+    family = optuna.distributions.CategoricalDistribution(["linear", "mlp"])
+    depth = optuna.distributions.IntDistribution(1, 4)
+    study = optuna.create_study(direction="maximize")
+    for fam, layers, value in [("linear", None, 0.3), ("mlp", 2, 0.5), ("mlp", 1, 0.4), ("linear", None, 0.1)]:
+        params, dists = {"family": fam}, {"family": family}
+        if layers:
+            params["hidden_layers"], dists["hidden_layers"] = layers, depth
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value))
+    study.add_trial(optuna.trial.create_trial(params={"family": "mlp"}, distributions={"family": family},
+                                              state=optuna.trial.TrialState.FAIL))
+    top = cmp.top_trials(study, n=3)
+    assert top["value"].tolist() == [0.5, 0.4, 0.3]  # complete trials only, best first
+    assert top["hidden_layers"].tolist() == [2, 1, "—"]  # the linear trial has no depth
+    assert not top.isna().any().any()

@@ -107,4 +107,6 @@ def top_trials(study, n: int = 5) -> pd.DataFrame:
     frame = frame[frame["state"] == "COMPLETE"].sort_values("value", ascending=False).head(n)
     frame.columns = [c.replace("params_", "").replace("user_attrs_", "") for c in frame.columns]
     keep = [c for c in frame.columns if c not in ("state", "run", "requeued_from")]
-    return frame[keep].set_index("number")
+    frame = frame[keep].set_index("number").dropna(axis=1, how="all").round(4)
+    # a parameter that a trial's choices leave out (the linear family has no depth): shown as "—", not NaN
+    return frame.astype(object).where(frame.notna(), "—")
