@@ -58,6 +58,7 @@ def test_effects_pair_by_seed_and_their_interval_is_students_t():
     half = 4.302652729911275 * diffs.std(ddof=1) / np.sqrt(3)  # t(0.975, 2)
     assert e.n == 3 and e.mean == pytest.approx(diffs.mean())
     assert (e.low, e.high) == pytest.approx((diffs.mean() - half, diffs.mean() + half))
+    assert e.sd == pytest.approx(diffs.std(ddof=1))
     assert e.verdict == "supported"
     assert vd.effect(b.loc[[0, 1, 2]], a).verdict == "not supported"
     assert vd.effect(pd.Series([0.1, 0.3, 0.2]), pd.Series([0.2, 0.1, 0.25])).verdict == "inconclusive"

@@ -22,6 +22,7 @@ class Effect:
     low: float
     high: float
     n: int
+    sd: float = float("nan")  # of the paired differences (the seed spread a reproduction is judged by)
 
     @property
     def verdict(self) -> str:
@@ -55,8 +56,9 @@ def effect(a: pd.Series, b: pd.Series) -> Effect:
     mean = float(np.mean(diffs))
     if n < 2:
         return Effect(mean, float("nan"), float("nan"), n)
-    half = float(stats.t.ppf(0.975, n - 1) * np.std(diffs, ddof=1) / math.sqrt(n))
-    return Effect(mean, mean - half, mean + half, n)
+    sd = float(np.std(diffs, ddof=1))
+    half = float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
+    return Effect(mean, mean - half, mean + half, n, sd)
 
 
 def by_seed(finals: pd.DataFrame, column: str, **where) -> pd.Series:
