@@ -46,9 +46,9 @@ def load_plan(path: str | Path = PLAN) -> dict:
     return plan
 
 
-# One BLAS thread in the pages' kernels (the baselines' numpy products run there; training runs on Dask
-# workers, which set the same). Measured on 2 busy cores: an ITQ fit at 64 bits on 59,000 x 512 took
-# 36 s with one OpenBLAS thread and more than 300 s with two (idle OpenBLAS threads spin for the CPU).
+# One BLAS thread in the pages' kernels (the baselines' numpy products run there; Dask's nanny starts its
+# workers so too: distributed.nanny.pre-spawn-environ). Measured on 2 busy cores: an ITQ fit at 64 bits on
+# 59,000 x 512 took 36 s with one OpenBLAS thread and more than 300 s with two (idle OpenBLAS threads spin).
 BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 FULL = "full"  # the sources' budgets (200 epochs, 60 / 30 trials, 5 seeds): its entries change the paper profile
 
