@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+import time
+
 from rsgh.config import make_config
 from rsgh.train.step import timed_rate
 
@@ -66,3 +68,39 @@ def floor_rate(cfgs, dim, seconds: float) -> tuple[float, int]:
     c = cfgs[0]
     step, flops = products(layer_dims(dim, c.bits, c.hidden_layers), len(cfgs), c.batch_size)
     return timed_rate(step, seconds)[0], flops
+
+
+def adam_pass(cfgs, dim):
+    """A function doing the optimizer's share of a stage's step: one update of ``torch.optim.Adam``'s
+    fused kernel (``torch._fused_adam_``) of the group's parameters, as one flat tensor. It reads
+    the weights, their gradient and the two moments and writes three of them back, so at batch 32
+    its memory traffic is a sizable fraction of the products' time: the floor with it is the floor
+    of any implementation of plain Adam on this core."""
+    c = cfgs[0]
+    params = len(cfgs) * sum(n_in * n_out + n_out for n_in, n_out in layer_dims(dim, c.bits, c.hidden_layers))
+    w, g, m, v = (torch.rand(params) for _ in range(4))
+    count = torch.tensor(1.0)
+
+    def step():
+        torch._fused_adam_([w], [g], [m], [v], [], [count], amsgrad=False, lr=1e-3, beta1=0.9, beta2=0.999,
+                           weight_decay=0.0, eps=1e-8, maximize=False)
+    return step
+
+
+def interleaved_rates(calls: dict, seconds: float, warmup: int = 10) -> dict:
+    """Calls per second of each of ``calls`` (name -> function), timed in turns: a round of 10 calls
+    of each, again and again for about ``seconds`` per function; the rate of each one's median round.
+    On a virtual machine whose speed drifts by a factor of two within minutes, a ratio of two rates
+    timed one after the other is not to be trusted; rates timed in turns share the machine's moods."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    rounds = {name: [] for name in calls}
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds * len(calls) or min(map(len, rounds.values())) < 5:
+        for name, call in calls.items():
+            t = time.perf_counter()
+            for _ in range(10):
+                call()
+            rounds[name].append(time.perf_counter() - t)
+    return {name: 10 / sorted(r)[len(r) // 2] for name, r in rounds.items()}
