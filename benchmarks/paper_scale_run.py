@@ -16,7 +16,8 @@ all parts go to the cluster at once, longest first, the baselines last.
 Needs the data root (``RSGH_DATA`` or ``--data-root``) and a fresh ``--runs`` folder (finished
 runs there are reused, so a second call only measures what is left). A toy run to try it:
 ``--bits 32 --e2-epochs 1 --e1-epochs 1 --reuse-cache``. Ends with ``run_vs_floor=<ratio>``: the
-run's wall time over the floor's (the same stages' products, scheduled on the same cores).
+run's wall time over the floor's (the same stages' products, scheduled on the same cores), and
+``run_vs_floor_with_adam=<ratio>``: over the products plus the optimizer's pass (``stages.adam_pass``).
 """
 
 import argparse
@@ -26,10 +27,23 @@ from pathlib import Path
 
 import torch
 
-from gemm_floor import floor_minutes  # benchmarks/ is on sys.path when run
 from rsgh.config import Runtime
 from rsgh.train.step import best_splits, makespan, part_durations, step_rate
-from stages import stage_setup, stages
+from stages import adam_pass, interleaved_rates, layer_dims, products, stage_setup, stages  # benchmarks/ on sys.path
+
+
+def floor_minutes(stage_list, seconds: float) -> tuple[list[float], list[float]]:
+    """Minutes of each stage's products (``gemm_floor.py``'s floor) and of its optimizer's pass
+    (``stages.adam_pass``), one thread, the pair of each stage, timed in turns."""
+    products_min, adam_min = [], []
+    for name, presets, overrides, dim, items, epochs in stage_list:
+        cfgs, steps = stage_setup(presets, overrides, items, epochs)
+        c = cfgs[0]
+        rates = interleaved_rates({"floor": products(layer_dims(dim, c.bits, c.hidden_layers), len(cfgs),
+                                                     c.batch_size)[0], "adam": adam_pass(cfgs, dim)}, seconds)
+        products_min.append(steps / rates["floor"] / 60)
+        adam_min.append(steps / rates["adam"] / 60)
+    return products_min, adam_min
 
 
 def main():
@@ -52,7 +66,7 @@ def main():
     os.environ.pop("RSGH_SCHEDULER", None)  # a cluster of its own, never a running one
     os.environ["RSGH_WORKERS"] = str(args.workers)
     stage_list = stages(args.bits, args.e2_epochs, args.e1_epochs)
-    floor_before = floor_minutes(stage_list, args.seconds)
+    floor_before, adam_before = floor_minutes(stage_list, args.seconds)
 
     from rsgh.book import experiments, pages, schedule
     from rsgh.train.task import task_data
@@ -104,13 +118,19 @@ def main():
     baselines.result()
     mark("baselines (on the cluster, when a worker was free; after the training)")
     wall = time.time() - t0
-    floor_after = floor_minutes(stage_list, args.seconds, out=lambda s: None)
+    floor_after, adam_after = floor_minutes(stage_list, args.seconds)
     floor = [min(a, b) for a, b in zip(floor_before, floor_after)]  # the faster of the two measurements
+    adam = [min(a, b) for a, b in zip(adam_before, adam_after)]
     floor_wall = makespan(floor, args.workers)
+    with_adam = makespan([f + a for f, a in zip(floor, adam)], args.workers)
     print(f"run: {wall / 60:.2f} min wall on {args.workers} workers; floor of its training: {floor_wall:.2f} min "
-          f"(before/after: {makespan(floor_before, args.workers):.2f}/{makespan(floor_after, args.workers):.2f})")
+          f"(before/after: {makespan(floor_before, args.workers):.2f}/{makespan(floor_after, args.workers):.2f}); "
+          f"with Adam's pass: {with_adam:.2f} min")
+    for (name, *_), f, a in zip(stage_list, floor, adam):
+        print(f"  floor {name:24s} products {f:5.1f} min, Adam's pass {a:4.1f} min")
     print(f"paper_scale_run_min={wall / 60:.2f}")
     print(f"run_vs_floor={wall / 60 / floor_wall:.2f}")
+    print(f"run_vs_floor_with_adam={wall / 60 / with_adam:.2f}")
 
 
 if __name__ == "__main__":
