@@ -10,7 +10,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from rsgh.book.reproduce import compare, finished_with, glued, load_plan, pages, run_plan, tolerance, verdict
+from rsgh.book.reproduce import (compare, expected_misses, finished_with, glued, load_plan, pages, run_plan, tolerance,
+                                 verdict)
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAN = ROOT / "notebooks" / "plan.yml"
@@ -89,6 +90,10 @@ def test_report_compares_every_glued_number_with_a_tolerance_from_the_seed_sprea
     assert not records["p_other"]["ok"] and records["p_other"]["reproduced"] is None  # missing: not reproduced
     assert verdict(list(records.values())) == "2 of 3 numbers reproduced within tolerance"
     assert tolerance(0.15, 0.004, 3, 3) < tolerance(0.15, 0.004, 3, 1)
+    # a spread from 3 seeds: a rerun misses the 3 sd tolerance with P(|t_2| > 3) = 1 - 2 F(3) (closed form
+    # of Student's t with 2 degrees of freedom: F(t) = 1/2 + t / (2 sqrt(2 + t^2)))
+    expected, count = expected_misses(list(records.values()))
+    assert count == 1 and expected == pytest.approx(1 - 3 / (2 + 9) ** 0.5)
 
 
 @pytest.mark.slow
@@ -173,3 +178,21 @@ def test_a_page_killed_while_it_ran_is_not_finished(tmp_path):
     nbformat.write(page, tmp_path / "page.ipynb")
     assert finished_with(tmp_path / "page.ipynb", {"a": 1}, tmp_path / "source.ipynb")
     assert not finished_with(tmp_path / "page.ipynb", {"a": 2}, tmp_path / "source.ipynb")
+
+
+def test_glue_ratio_glues_the_ratio_of_means_with_the_spread_of_the_per_seed_ratios(monkeypatch):
+    import pandas as pd
+
+    from rsgh.book import notebook
+
+    glued_numbers = {}
+    monkeypatch.setattr(notebook, "glue_number", lambda name, value, spread=None, n=1: glued_numbers.update(
+        {name: (value, spread, n)}))
+    finals = pd.DataFrame({"method": ["SGH"] * 3 + ["R-SGH"] * 3, "seed": [0, 1, 2, 2, 0, 1],
+                           "units": [10.0, 20.0, 40.0, 60.0, 30.0, 30.0]})
+    ratio = notebook.glue_ratio("r", finals, "units")
+    per_seed = [30 / 10, 30 / 20, 60 / 40]  # R-SGH over SGH, seed by seed (rows out of order on purpose)
+    mean = sum(per_seed) / 3
+    sd = (sum((r - mean) ** 2 for r in per_seed) / 2) ** 0.5
+    assert ratio == pytest.approx(40 / (70 / 3))
+    assert glued_numbers["r"] == (pytest.approx(40 / (70 / 3)), pytest.approx(sd), 3)

@@ -174,7 +174,8 @@ def compare(published_dir: Path, reproduced_dir: Path, names: Sequence[str]) -> 
             ok = value is not None and abs(value - pub[name]) <= tol
             records.append({"page": page, "quantity": name, "published": pub[name], "reproduced": value,
                             "difference": None if value is None else value - pub[name], "tolerance": tol,
-                            "seeds_published": n_pub, "seeds_reproduced": n_rep, "ok": bool(ok)})
+                            "seeds_published": n_pub, "seeds_reproduced": n_rep,
+                            "spread_published": pub.get(f"{name}__sd"), "ok": bool(ok)})
     return records
 
 
@@ -183,10 +184,36 @@ def verdict(records: list[dict]) -> str:
     return f"{good} of {len(records)} numbers reproduced within tolerance"
 
 
+def expected_misses(records: list[dict]) -> tuple[float, int]:
+    """(how many of the numbers with a published seed spread would fall outside their tolerance by
+    chance alone, how many such numbers there are). A spread measured on n_p seeds is itself uncertain:
+    if the reproduced value comes from the same distribution as the published seeds (normal), the
+    difference over ``s sqrt(1/n_p + 1/n_r)`` follows Student's t with n_p - 1 degrees of freedom, so
+    the 3 s rule misses with probability P(|t| > 3): 9.5% with 3 seeds, 4.0% with 5, not 0.27%."""
+    from scipy import stats
+
+    expected, count = 0.0, 0
+    for r in records:
+        s, n_p, n_r = r.get("spread_published"), r["seeds_published"], r["seeds_reproduced"]
+        if s is None or s <= 0 or n_p < 2:
+            continue
+        k = r["tolerance"] / (s * math.sqrt(1 / n_p + 1 / max(n_r, 1)))
+        expected += 2 * float(stats.t.sf(k, n_p - 1))
+        count += 1
+    return expected, count
+
+
+def chance_line(records: list[dict]) -> str:
+    expected, count = expected_misses(records)
+    return (f"by chance alone, about {expected:.1f} of the {count} numbers with a published seed spread would "
+            f"fall outside (spreads from few seeds; Student's t)")
+
+
 def report_page(records: list[dict], profile: str, seconds: float, copied: Sequence[str] = ()) -> str:
     """The reproduction report as a MyST page of the reproduction's book."""
     lines = ["# Reproduction report", "",
-             f"Profile `{profile}`, re-executed in {seconds / 60:.1f} minutes: **{verdict(records)}**.", ""]
+             f"Profile `{profile}`, re-executed in {seconds / 60:.1f} minutes: **{verdict(records)}**; "
+             f"{chance_line(records)}.", ""]
     if copied:
         lines += [f"Pages not re-executed here (shown as published): {', '.join(copied)}.", ""]
     lines += [
@@ -263,7 +290,8 @@ def reproduce(profile: str = "paper", out: str | Path | None = None, plan: str |
     copied = sorted(name for name, _, _ in pages(plan, profile) if name not in rerun and (out / f"{name}.ipynb").exists())
     (out / "reproduction_report.md").write_text(report_page(report, profile, seconds, copied))
     _write_toc(out)
-    print(f"{len(records)} page(s) in {seconds:.0f} s; {verdict(report)}; report: {out / 'reproduction_report.json'}")
+    print(f"{len(records)} page(s) in {seconds:.0f} s; {verdict(report)} ({chance_line(report)}); "
+          f"report: {out / 'reproduction_report.json'}")
     for r in report:
         if not r["ok"]:
             print(f"  outside tolerance: {r['page']} {r['quantity']}: published {r['published']:.4g}, reproduced "
