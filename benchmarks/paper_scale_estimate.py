@@ -58,20 +58,26 @@ def main():
     for name, presets, overrides, dim, items, epochs in stages(args.bits, args.e2_epochs, args.e1_epochs):
         cfgs, steps = stage_setup(presets, overrides, items, epochs)
         c = cfgs[0]
+        # the lone models are SGH's and R-SGH's (the latter has the tie term, the redundancy and the
+        # adversary): both are timed
         calls = {"floor": products(layer_dims(dim, c.bits, c.hidden_layers), len(cfgs), c.batch_size)[0],
                  "adam": adam_pass(cfgs, dim), "pair": group_step(cfgs, dim, compiled)[0],
-                 "lone": group_step(cfgs[:1], dim, compiled)[0]}
-        warm2, warm1 = warm_up(calls["pair"]), warm_up(calls["lone"])
+                 **{f"lone {c.method}": group_step([c], dim, compiled)[0] for c in cfgs}}
+        warm2 = warm_up(calls["pair"])
+        warm1 = max(warm_up(calls[f"lone {c.method}"]) for c in cfgs)
         if args.eager:
             calls["eager"] = group_step(cfgs, dim, eager)[0]
         r = interleaved_rates(calls, args.seconds)
-        floor, adam, pair, lone = r["floor"], r["adam"], 2 * r["pair"], r["lone"]  # pair, lone: model-steps/s
+        # model-steps/s of the pair, and of the lone models (their mean time per step)
+        floor, adam, pair = r["floor"], r["adam"], 2 * r["pair"]
+        lone = len(cfgs) / sum(1 / r[f"lone {c.method}"] for c in cfgs)
         floor_min.append(steps / floor / 60)
         adam_min.append(steps / adam / 60)
         rows.append((name, steps, {2: pair, 1: lone}, {2: warm2, 1: warm1}))
+        lones = ", ".join(f"{c.method} {1e3 / r['lone ' + c.method]:.3f}" for c in cfgs)
         line = (f"{name:24s} {1e3 / floor:8.3f} {1e3 / adam:8.3f} {2e3 / pair:8.3f} {2e3 / lone:8.3f}  "
                 f"pair/floor {floor * 2 / pair:4.2f}  2 lone/floor {2 * floor / lone:4.2f}  "
-                f"(floor+adam)/floor {1 + floor / adam:4.2f}  (compile {warm2:.0f} s, {warm1:.0f} s)")
+                f"(floor+adam)/floor {1 + floor / adam:4.2f}  (lone {lones} ms; compile {warm2:.0f} s, {warm1:.0f} s)")
         if args.eager:
             eager_min.append(steps / r["eager"] / 60)
             line += f"  eager pair {1e3 / r['eager']:.3f}"
