@@ -22,7 +22,7 @@ from rsgh.train.step import makespan
 from stages import STAGES, floor_rate, stage_setup  # benchmarks/ is on sys.path when run
 
 
-def floor_minutes(stage_list, seconds: float, out=print) -> list[float]:
+def floor_minutes(stage_list, seconds: float) -> list[float]:
     """Minutes of products of each stage's pair (one thread), printed one line a stage."""
     torch.set_num_threads(1)
     minutes = []
@@ -30,7 +30,7 @@ def floor_minutes(stage_list, seconds: float, out=print) -> list[float]:
         cfgs, steps = stage_setup(presets, overrides, items, epochs)
         rate, flops = floor_rate(cfgs, dim, seconds)
         minutes.append(steps / rate / 60)
-        out(f"floor {name:24s} {1e3 / rate:6.3f} ms/step of products ({flops / 1e6:5.1f} MFLOP, "
+        print(f"floor {name:24s} {1e3 / rate:6.3f} ms/step of products ({flops / 1e6:5.1f} MFLOP, "
             f"{flops * rate / 1e9:5.1f} GFLOP/s)  {steps:7d} steps  {minutes[-1]:5.1f} min")
     return minutes
 

@@ -7,7 +7,7 @@ thread each, in turns (rounds of 10 calls of each, again and again: ``stages.int
 so that the machine's drifts fall on all of them alike): the stage's matrix products alone (the
 floor), one fused Adam update of the pair's parameters (``stages.adam_pass``), rsgh's compiled
 training step (``rsgh.train.step.make_step``, ``Runtime.compile_step``) for the pair as one
-lock-step group and for a lone model, and optionally (``--eager``) the eager step.
+lock-step group and for each of its models alone, and optionally (``--eager``) the eager step.
 The split of each stage (one group, or its models in parallel processes) is chosen from these rates
 (``rsgh.train.step.best_splits``); the parts are then scheduled on ``--cores`` longest first, as
 ``rsgh.book.schedule`` runs them on a Dask cluster, with each part's warm-up (its compilation). The
@@ -31,7 +31,7 @@ import torch
 
 from rsgh.config import Runtime
 from rsgh.train.step import best_splits, group_step, makespan, part_durations
-from stages import adam_pass, interleaved_rates, layer_dims, products, stage_setup, stages  # benchmarks/ on sys.path
+from stages import adam_pass, floor_step, interleaved_rates, stage_setup, stages  # benchmarks/ is on sys.path
 
 
 def warm_up(call, calls: int = 20) -> float:
@@ -57,11 +57,10 @@ def main():
     print(f"{'stage':24s} {'floor':>8s} {'adam':>8s} {'pair':>8s} {'lone':>8s}  (ms per step of the pair, one thread)")
     for name, presets, overrides, dim, items, epochs in stages(args.bits, args.e2_epochs, args.e1_epochs):
         cfgs, steps = stage_setup(presets, overrides, items, epochs)
-        c = cfgs[0]
         # the lone models are SGH's and R-SGH's (the latter has the tie term, the redundancy and the
         # adversary): both are timed
-        calls = {"floor": products(layer_dims(dim, c.bits, c.hidden_layers), len(cfgs), c.batch_size)[0],
-                 "adam": adam_pass(cfgs, dim), "pair": group_step(cfgs, dim, compiled)[0],
+        calls = {"floor": floor_step(cfgs, dim)[0], "adam": adam_pass(cfgs, dim),
+                 "pair": group_step(cfgs, dim, compiled)[0],
                  **{f"lone {c.method}": group_step([c], dim, compiled)[0] for c in cfgs}}
         warm2 = warm_up(calls["pair"])
         warm1 = max(warm_up(calls[f"lone {c.method}"]) for c in cfgs)

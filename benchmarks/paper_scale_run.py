@@ -29,7 +29,7 @@ import torch
 
 from rsgh.config import Runtime
 from rsgh.train.step import best_splits, makespan, part_durations, step_rate
-from stages import adam_pass, interleaved_rates, layer_dims, products, stage_setup, stages  # benchmarks/ on sys.path
+from stages import adam_pass, floor_step, interleaved_rates, stage_setup, stages  # benchmarks/ is on sys.path
 
 
 def floor_minutes(stage_list, seconds: float) -> tuple[list[float], list[float]]:
@@ -38,9 +38,7 @@ def floor_minutes(stage_list, seconds: float) -> tuple[list[float], list[float]]
     products_min, adam_min = [], []
     for name, presets, overrides, dim, items, epochs in stage_list:
         cfgs, steps = stage_setup(presets, overrides, items, epochs)
-        c = cfgs[0]
-        rates = interleaved_rates({"floor": products(layer_dims(dim, c.bits, c.hidden_layers), len(cfgs),
-                                                     c.batch_size)[0], "adam": adam_pass(cfgs, dim)}, seconds)
+        rates = interleaved_rates({"floor": floor_step(cfgs, dim)[0], "adam": adam_pass(cfgs, dim)}, seconds)
         products_min.append(steps / rates["floor"] / 60)
         adam_min.append(steps / rates["adam"] / 60)
     return products_min, adam_min

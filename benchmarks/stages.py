@@ -8,9 +8,9 @@ Run from the repository root (``python benchmarks/<script>.py``): ``benchmarks/`
 
 from __future__ import annotations
 
-import torch
-
 import time
+
+import torch
 
 from rsgh.config import make_config
 from rsgh.train.step import timed_rate
@@ -62,11 +62,17 @@ def products(dims, group, batch):
     return step, flops
 
 
+def floor_step(cfgs, dim):
+    """A function doing the matrix products of one step of a stage's group (``cfgs``), and the step's
+    floating-point operations (:func:`products` at the group's shape)."""
+    c = cfgs[0]
+    return products(layer_dims(dim, c.bits, c.hidden_layers), len(cfgs), c.batch_size)
+
+
 def floor_rate(cfgs, dim, seconds: float) -> tuple[float, int]:
     """Steps per second of a stage's group (``cfgs``) if a step were its matrix products alone, one
     thread; and the step's floating-point operations."""
-    c = cfgs[0]
-    step, flops = products(layer_dims(dim, c.bits, c.hidden_layers), len(cfgs), c.batch_size)
+    step, flops = floor_step(cfgs, dim)
     return timed_rate(step, seconds)[0], flops
 
 
