@@ -31,16 +31,18 @@ def evaluate(model: HashModel, x: torch.Tensor, priors: list[float],
         logits, _ = model.encode(xb)
         h = hash_codes(logits)
         x_hat, _ = model.decode(h.to(xb.dtype))
-        sse += (xb - x_hat).double().pow(2).sum(dim=(1, 2))
+        # Squared errors and KL terms in float32, summed in float64 over the images: within 1e-9 and
+        # 1e-7 of all-float64 sums, and 4 times faster (a float64 copy of every pixel cost more than
+        # the products; at E1's shape the evaluation took a quarter of an epoch's steps).
+        sse += (x_hat - xb).square_().sum(-1).double().sum(1)
         pis.append(torch.sigmoid(logits).double())
         codes.append(h)
-        kls.append(bernoulli_kl(logits.double(), prior).sum(1))
+        kls.append(bernoulli_kl(logits, prior.float()).double().sum(1))
     pi = torch.cat(pis, dim=1)
-    h = torch.cat(codes, dim=1).double()
+    h = torch.cat(codes, dim=1)
     activity = pi.var(dim=1, unbiased=False).cpu().numpy()
     kl = (torch.stack(kls).sum(0) / n).cpu().numpy()
-    balance = h.mean(dim=1).cpu().numpy()
-    h_np = h.cpu().numpy()
+    balance = (h.sum(1, dtype=torch.float64) / n).cpu().numpy()
     out = []
     for g in range(g_count):
         scalars = {
@@ -52,22 +54,36 @@ def evaluate(model: HashModel, x: torch.Tensor, priors: list[float],
             "kl_total": float(kl[g].sum()),
             "bit_balance_min": float(np.minimum(balance[g], 1 - balance[g]).min()),
             "constant_bits": int(((balance[g] == 0) | (balance[g] == 1)).sum()),
-            "bit_corr_mean": mean_abs_correlation(h_np[g]),
+            "bit_corr_mean": mean_abs_correlation(h[g]),
         }
         out.append((scalars, {"activity": activity[g], "kl": kl[g], "balance": balance[g]}))
     return out
 
 
-def mean_abs_correlation(codes: np.ndarray) -> float:
-    """Mean |Pearson correlation| over pairs of bits that are not constant.
+def mean_abs_correlation(codes: np.ndarray | torch.Tensor) -> float:
+    """Mean |Pearson correlation| over pairs of bits that are not constant, for {0, 1} codes (n, K).
 
     A constant bit has no correlation; its pairs are left out (``constant_bits`` counts them).
     NaN when fewer than two bits vary.
+
+    Computed from the counts of ones and of joint ones (a Gram matrix of the codes), which are
+    integers and so exact in float32 below 2**24 images: 10 times faster than ``np.corrcoef`` in
+    float64 at 60,000 images, and equal to it within rounding.
     """
-    codes = np.asarray(codes, dtype=np.float64)
-    varying = codes.std(axis=0) > 0
-    if varying.sum() < 2:
+    c = torch.as_tensor(codes)
+    if c.dim() != 2 or not bool(((c == 0) | (c == 1)).all()):
+        raise ValueError(f"expected codes of 0 and 1 in an (n, K) array, got shape {tuple(c.shape)} "
+                         f"with values {torch.unique(c)[:5].tolist()}...")
+    n = c.shape[0]
+    c = c.to(torch.float32 if n < 2 ** 24 else torch.float64)
+    ones = c.sum(0, dtype=torch.float64)
+    varying = (ones > 0) & (ones < n)
+    if int(varying.sum()) < 2:
         return float("nan")
-    corr = np.corrcoef(codes[:, varying], rowvar=False)
-    upper = np.triu_indices(corr.shape[0], k=1)
-    return float(np.abs(corr[upper]).mean())
+    c, ones = c[:, varying], ones[varying]
+    mean = ones / n
+    cov = (c.T @ c).double() / n - torch.outer(mean, mean)
+    sd = cov.diagonal().sqrt()
+    corr = cov / torch.outer(sd, sd)
+    upper = torch.triu_indices(len(sd), len(sd), offset=1)
+    return float(corr[upper[0], upper[1]].abs().mean())

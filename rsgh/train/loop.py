@@ -314,14 +314,20 @@ class _Training:
                 sums.zero_()
                 count, t0 = 0, time.perf_counter()
         bar.close()
-        for g, m in enumerate(self.members):
-            if not m.stopped:
-                self.finish(g)
+        running = [g for g, m in enumerate(self.members) if not m.stopped]
+        if running:
+            train_evals = self.train_evaluation()  # once for the group, not once per model
+            for g in running:
+                self.finish(g, train_evals[g][0])
 
-    def finish(self, g: int) -> None:
-        """Write model g's final model and summary; it takes no further part in the group's log."""
+    def train_evaluation(self) -> list[tuple[dict, dict]]:
+        return evaluate(self.model, self.train_x, [c.prior for c in self.spec.configs])
+
+    def finish(self, g: int, train_eval: dict | None = None) -> None:
+        """Write model g's final model and summary (``train_eval``: its measures on the training set, if
+        already taken); it takes no further part in the group's log."""
         m, cfg = self.members[g], self.members[g].cfg
-        train_eval = evaluate(self.model, self.train_x, [c.prior for c in self.spec.configs])[g][0]
+        train_eval = train_eval or self.train_evaluation()[g][0]
         m.run.save_model(cfg, self.model.member_state(g), self.train_x.shape[1])
         steps, elapsed = self.shared["iteration"], self.shared["elapsed"]
         best = {k: v for k, v in m.best.items() if k != "evals_since_best"} if m.best["best_iteration"] >= 0 else {}

@@ -1,0 +1,58 @@
+"""The measurements of a trained group against an independent float64 computation (numpy)."""
+
+import numpy as np
+import pytest
+import torch
+
+from rsgh.method.measures import evaluate, mean_abs_correlation
+from rsgh.method.model import HashModel
+
+
+def _numpy_measures(model: HashModel, x: np.ndarray, g: int, prior: float) -> dict:
+    """One model's measures in float64, layer by layer, without the package's evaluation."""
+    p = {k: v[g].detach().double().numpy() for k, v in model.params.items()}
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    relu = lambda z: np.maximum(z, 0)  # noqa: E731
+    a = relu(x @ p["enc0_weight"] + p["enc0_bias"])
+    logits = a @ p["enc1_weight"] + p["enc1_bias"]
+    pi = sig(logits)
+    h = (logits >= 0).astype(np.float64)
+    x_hat = relu(h @ p["dec0_weight"] + p["dec0_bias"]) @ p["dec1_weight"] + p["dec1_bias"]
+    kl = (pi * np.log(pi / prior) + (1 - pi) * np.log((1 - pi) / (1 - prior))).sum(0) / len(x)
+    varying = h.std(0) > 0
+    corr = np.corrcoef(h[:, varying], rowvar=False)
+    return {"recon_mse": ((x - x_hat) ** 2).mean(), "kl_total": kl.sum(), "activity": pi.var(0),
+            "balance": h.mean(0), "bit_corr_mean": np.abs(corr[np.triu_indices(varying.sum(), 1)]).mean()}
+
+
+def test_evaluate_against_numpy_in_float64():
+    rng = np.random.default_rng(0)
+    x = rng.random((700, 30)).astype(np.float32)
+    model = HashModel(30, 8, seeds=[0, 1])
+    got = evaluate(model, torch.as_tensor(x), [0.5, 0.3], batch_size=256)  # batches cross the data
+    for g, prior in enumerate([0.5, 0.3]):
+        ref = _numpy_measures(model, x.astype(np.float64), g, prior)
+        scalars, per_bit = got[g]
+        assert scalars["recon_mse"] == pytest.approx(ref["recon_mse"], rel=1e-6)
+        assert scalars["kl_total"] == pytest.approx(ref["kl_total"], rel=1e-5)
+        assert scalars["bit_corr_mean"] == pytest.approx(ref["bit_corr_mean"], rel=1e-9)
+        np.testing.assert_allclose(per_bit["activity"], ref["activity"], rtol=1e-5)
+        np.testing.assert_array_equal(per_bit["balance"], ref["balance"])
+
+
+def test_mean_abs_correlation_against_corrcoef_with_constant_bits():
+    rng = np.random.default_rng(1)
+    for n in (3, 100, 20_000):
+        h = (rng.random((n, 24)) < rng.random(24)).astype(np.uint8)
+        h[:, 0], h[:, 7] = 1, 0  # constant bits are left out
+        v = h.std(0) > 0
+        ref = np.abs(np.corrcoef(h[:, v].astype(np.float64), rowvar=False)[np.triu_indices(v.sum(), 1)]).mean()
+        assert mean_abs_correlation(h) == pytest.approx(ref, rel=1e-12)
+        assert mean_abs_correlation(torch.as_tensor(h)) == pytest.approx(ref, rel=1e-12)
+
+
+def test_mean_abs_correlation_edge_cases():
+    assert np.isnan(mean_abs_correlation(np.zeros((10, 4))))
+    assert np.isnan(mean_abs_correlation(np.array([[0, 1], [1, 1]])))  # one varying bit: no pair
+    with pytest.raises(ValueError, match="codes of 0 and 1"):
+        mean_abs_correlation(np.full((3, 3), 0.5))
