@@ -2,6 +2,7 @@
 numbers glued by the notebooks and the reproduction report, and a strict Jupyter Book build."""
 
 import ast
+import json
 import shutil
 import subprocess
 import sys
@@ -142,8 +143,10 @@ def test_a_failing_notebook_is_named_and_its_output_kept(tmp_path, mnist_root, m
     monkeypatch.setenv("RSGH_DATA", str(mnist_root))
     with pytest.raises(NotebookFailed, match=r"notebook e1_mnist_reconstruction failed.*epochs='ten'.*partial output"):
         run_plan(PLAN, "smoke", tmp_path, only=["e1_mnist_reconstruction"],
-                 extra_parameters={"epochs": "ten", "runs_dir": str(tmp_path / "runs")})
+                 extra_parameters={"epochs": "ten", "runs_dir": str(tmp_path / "runs"), "undeclared": 1})
     assert (tmp_path / "e1_mnist_reconstruction.ipynb").exists()
+    passed = json.loads((tmp_path / "e1_mnist_reconstruction.ipynb").read_text())["metadata"]["papermill"]["parameters"]
+    assert passed["epochs"] == "ten" and "runs_dir" in passed and "undeclared" not in passed  # only declared ones
     with pytest.raises(ValueError, match="unknown page"):
         run_plan(PLAN, "smoke", tmp_path, only=["e9"])
 

@@ -116,7 +116,9 @@ def run_plan(plan_path: str | Path, profile: str, out_dir: str | Path, only: Seq
         os.environ.setdefault(var, "1")
     records = []
     for i, (name, source, parameters) in enumerate(selected, 1):
-        parameters.update(extra_parameters or {})
+        if extra_parameters:  # to the pages that declare them (papermill warns of any other)
+            declared = pm.inspect_notebook(str(source))
+            parameters.update({k: v for k, v in extra_parameters.items() if k in declared})
         target = out_dir / f"{name}.ipynb"
         if not redo and finished_with(target, parameters, source):
             print(f"[{i}/{len(selected)}] {name}: already executed in {out_dir}, kept", flush=True)

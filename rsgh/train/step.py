@@ -75,7 +75,8 @@ def _compiled_cpu_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec,
     Adam). The update is ``torch.optim.Adam``'s, on its own state tensors, so checkpoints and
     resume are unchanged. Once the graph has settled (:func:`_settled`), the step calls it without
     dynamo: the same kernels on the same tensors, bit for bit, a quarter less time per step of a
-    pair at E2's shape (``benchmarks/step_profile.py``).
+    pair at E2's shape (``benchmarks/step_profile.py``). It calls the C++ graph beneath AOTAutograd's
+    runtime wrapper (measured: 20 of 616 microseconds of a 32-bit pair's step).
     """
     group = opt.param_groups[0]
     if group["weight_decay"] or group["amsgrad"] or group["maximize"] or len(opt.param_groups) > 1:
@@ -83,10 +84,14 @@ def _compiled_cpu_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec,
     lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
     loss_of = _LossOf(model, spec)
     names = [f"model.params.{n}" for n in model.params]
-    count, step_count, weights, exp_avg, exp_avg_sq = _adam_state(opt, list(model.params.values()))
-    # the step's scalars, filled on the host each step (inside the graph inductor would
-    # recompute them for every element)
-    step_size, bias_correction2_sqrt = torch.zeros(()), torch.zeros(())
+    # the step's scalars: Adam's step count (shared with torch.optim.Adam's state), the step size and
+    # the square root of the second moment's bias correction, written on the host each step through one
+    # numpy view (inside the graph inductor would recompute them for every element; three fill_ calls
+    # cost three dispatches), each 16 bytes apart (inductor copies a graph input that is not aligned)
+    scalars = torch.zeros(3, 4)
+    host = scalars[:, 0].numpy()
+    step_count, step_size, bias_correction2_sqrt = scalars[0, 0], scalars[1, 0], scalars[2, 0]
+    count, weights, exp_avg, exp_avg_sq = _adam_state(opt, list(model.params.values()), step_count)
     adv_rate = (spec.rsgh * spec.adversary_lr)[:, :, 0]
 
     def loss_fn(ws, x, xi):
@@ -116,14 +121,12 @@ def _compiled_cpu_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec,
         nonlocal count, calls, direct
         count += 1
         calls += 1
-        step_count.fill_(count)
-        step_size.fill_(lr / (1 - beta1 ** count))
-        bias_correction2_sqrt.fill_(math.sqrt(1 - beta2 ** count))
+        host[:] = (count, lr / (1 - beta1 ** count), math.sqrt(1 - beta2 ** count))
         if direct is not None:
             graph, inputs, at_x, at_xi, layout = direct
             if _layout(x, xi) == layout:
                 inputs[at_x], inputs[at_xi] = x, xi
-                return graph(*inputs)[0]
+                return graph(list(inputs))[0]
             direct, calls, seen[:] = None, 0, []  # a batch of another shape: through dynamo, which compiles it
         args = (weights, exp_avg, exp_avg_sq, x, xi, step_size, bias_correction2_sqrt)
         _LAST_CALL.clear()
@@ -138,7 +141,7 @@ def _compiled_cpu_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec,
         else:  # then dynamo's guards, which only re-check that the same tensors come in, are skipped
             with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
                 out = compiled(*args)
-            seen.append(_graph_call(x, xi))
+            seen.append(_graph_call(x, xi, out))
             direct = _settled(seen)
         _LAST_CALL.clear()
         return out
@@ -147,24 +150,23 @@ def _compiled_cpu_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec,
     return cpu_step
 
 
-def _adam_state(opt: torch.optim.Adam, params: list):
-    """(steps taken, the shared step counter, weights, exp_avg, exp_avg_sq): ``torch.optim.Adam``'s
-    state as it creates it (or as resumed), the weights sharing storage with the parameters.
+def _adam_state(opt: torch.optim.Adam, params: list, step_count: torch.Tensor):
+    """(steps taken, weights, exp_avg, exp_avg_sq): ``torch.optim.Adam``'s state as it creates it (or
+    as resumed), the weights sharing storage with the parameters.
 
-    One step counter is shared by every parameter's state (torch.optim.Adam keeps equal copies):
-    updating 20 tiny tensors each step costs more than a layer's GEMM."""
+    One step counter, ``step_count``, is shared by every parameter's state (torch.optim.Adam keeps
+    equal copies): updating 20 tiny tensors each step costs more than a layer's GEMM."""
     count = float(opt.state[params[0]]["step"]) if opt.state[params[0]] else 0.0
-    step_count = torch.tensor(count, dtype=torch.float32, device=params[0].device)
+    step_count.fill_(count)
     for p in params:
         if not opt.state[p]:
             opt.state[p].update(exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
         opt.state[p]["step"] = step_count
     states = [opt.state[p] for p in params]
-    return (count, step_count, [p.detach() for p in params], [s["exp_avg"] for s in states],
-            [s["exp_avg_sq"] for s in states])
+    return count, [p.detach() for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
 
 
-_LAST_CALL: list = []  # [(graph, inputs)] of the latest call of a compiled step graph in this process
+_LAST_CALL: list = []  # [(C++ graph, inputs, outputs)] of the latest call of a compiled step in this process
 # Without inductor's size asserts: the C++ wrapper checked the sizes and strides of each of the graph's
 # ~70 inputs at every call, building a std::stringstream for each (measured: 30 to 40 microseconds a
 # step, 8% of a lone model's step at 32 bits). Dynamo's guards check them while it calls the graph;
@@ -179,30 +181,42 @@ def _layout(x: torch.Tensor, xi: torch.Tensor) -> tuple:
 
 
 def _inductor_with_calls(gm, example_inputs):
-    """inductor with the C++ wrapper, for dynamo; each call of the compiled graph is noted in
-    ``_LAST_CALL``, so that the step can see which graph dynamo calls with which tensors."""
-    from torch._inductor.compile_fx import compile_fx
+    """inductor with the C++ wrapper, for dynamo; each call of the compiled C++ graph is noted in
+    ``_LAST_CALL`` with its inputs and outputs, so that the step can see which graph dynamo calls with
+    which tensors, and then call it itself: beneath AOTAutograd's runtime wrapper, whose Python
+    prologue and epilogue have nothing to do here (the graph takes no gradient and applies its
+    input mutations itself)."""
+    from torch._inductor.compile_fx import compile_fx, compile_fx_inner
 
-    graph = compile_fx(gm, example_inputs, config_patches=INDUCTOR_OPTIONS)
+    def inner(graph_module, inputs, **kwargs):
+        output_code = compile_fx_inner(graph_module, inputs, **kwargs)
+        call = output_code.current_callable
 
-    def run(*inputs):
-        _LAST_CALL[:] = [(graph, inputs)]
-        return graph(*inputs)
+        def noted(args):
+            given = list(args)  # the call empties its list (it takes the inputs over)
+            outputs = call(args)
+            _LAST_CALL[:] = [(call, given, outputs)]
+            return outputs
 
-    return run
+        output_code.current_callable = noted
+        return output_code
+
+    return compile_fx(gm, example_inputs, inner_compile=inner, config_patches=INDUCTOR_OPTIONS)
 
 
-def _graph_call(x: torch.Tensor, xi: torch.Tensor):
-    """(graph, inputs, position of x, position of xi, their layout) of the call that dynamo just made,
-    or None."""
+def _graph_call(x: torch.Tensor, xi: torch.Tensor, out: torch.Tensor):
+    """(graph, inputs, position of x, position of xi, their layout) of the C++ graph's call that dynamo
+    just made, or None: None also when the step's result ``out`` is not the graph's one output (then
+    AOTAutograd's wrapper had work to do around the call)."""
     if len(_LAST_CALL) != 1:
         return None
-    graph, inputs = _LAST_CALL[0]
+    graph, inputs, outputs = _LAST_CALL[0]
     at_x = [i for i, t in enumerate(inputs) if t is x]
     at_xi = [i for i, t in enumerate(inputs) if t is xi]
-    if len(at_x) != 1 or len(at_xi) != 1 or any(type(t) not in (torch.Tensor, int) for t in inputs):
+    if (len(at_x) != 1 or len(at_xi) != 1 or any(type(t) not in (torch.Tensor, int) for t in inputs)
+            or len(outputs) != 1 or outputs[0] is not out):
         return None
-    return graph, list(inputs), at_x[0], at_xi[0], _layout(x, xi)
+    return graph, inputs, at_x[0], at_xi[0], _layout(x, xi)
 
 
 def _settled(seen: list):
