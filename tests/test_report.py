@@ -38,3 +38,16 @@ def test_curves_over_epochs_grid():
     spare = fig.axes[3]  # the unused fourth panel holds the legend
     assert not spare.axison and [t.get_text() for t in spare.get_legend().get_texts()] == ["SGH", "R-SGH"]
     assert fig.get_size_inches() == pytest.approx((10.4, 7.2))
+
+
+def test_findings_name_the_runs_that_never_trained():
+    """A run that ends with no active code unit is named with its test mAP beside the means that include it."""
+    from rsgh.book.pages import findings
+
+    finals = pd.DataFrame({"method": ["SGH", "R-SGH"] * 2, "bits": [128] * 4, "seed": [0, 0, 1, 1],
+                           "map": [0.137, 0.140, 0.1002, 0.1002], "active_units_001": [128, 128, 0, 0]})
+    baselines = pd.DataFrame({"method": ["ITQ"], "bits": [128], "map": [0.16]})
+    text = findings("e2", finals, baselines)
+    assert "**2 of 4 runs ended with no active code unit**" in text
+    assert "R-SGH at K = 128, seed 1 (test mAP 0.100), SGH at K = 128, seed 1 (test mAP 0.100)" in text
+    assert "ended with no active" not in findings("e2", finals[finals.seed == 0], baselines)
