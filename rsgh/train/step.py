@@ -84,13 +84,7 @@ def _compiled_cpu_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec,
     lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
     loss_of = _LossOf(model, spec)
     names = [f"model.params.{n}" for n in model.params]
-    # the step's scalars: Adam's step count (shared with torch.optim.Adam's state), the step size and
-    # the square root of the second moment's bias correction, written on the host each step through one
-    # numpy view (inside the graph inductor would recompute them for every element; three fill_ calls
-    # cost three dispatches), each 16 bytes apart (inductor copies a graph input that is not aligned)
-    scalars = torch.zeros(3, 4)
-    host = scalars[:, 0].numpy()
-    step_count, step_size, bias_correction2_sqrt = scalars[0, 0], scalars[1, 0], scalars[2, 0]
+    host, (step_count, step_size, bias_correction2_sqrt) = _step_scalars()
     count, weights, exp_avg, exp_avg_sq = _adam_state(opt, list(model.params.values()), step_count)
     adv_rate = (spec.rsgh * spec.adversary_lr)[:, :, 0]
 
@@ -148,6 +142,16 @@ def _compiled_cpu_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec,
 
     cpu_step.calls_graph_directly = lambda: direct is not None  # for the tests
     return cpu_step
+
+
+def _step_scalars() -> tuple:
+    """(a numpy view, the 0-d tensors it writes): Adam's step count (shared with torch.optim.Adam's
+    state), the step size and the square root of the second moment's bias correction. The host writes
+    them each step through the one view (inside the graph inductor would recompute them for every
+    element; three fill_ calls cost three dispatches); each is 16 bytes from the next (inductor copies
+    a graph input that is not aligned)."""
+    scalars = torch.zeros(3, 4)
+    return scalars[:, 0].numpy(), (scalars[0, 0], scalars[1, 0], scalars[2, 0])
 
 
 def _adam_state(opt: torch.optim.Adam, params: list, step_count: torch.Tensor):
