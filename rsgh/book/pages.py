@@ -123,13 +123,13 @@ def findings(page: str, finals: pd.DataFrame, baselines: pd.DataFrame) -> str:
     return text + untrained_runs(finals)
 
 
-def untrained_runs(finals: pd.DataFrame) -> str:
+def untrained_runs(finals: pd.DataFrame, included_in: str = "the means above") -> str:
     """A sentence naming the runs that ended with no active code unit (activity A > 0.01 for no bit:
     their codes hardly depend on the image), with their test mAP; empty when there are none. The
-    means of the page include them, so a reader must know."""
+    page's numbers (``included_in``) include them, so a reader must know."""
     dead = finals[finals["active_units_001"] == 0].sort_values(["bits", "seed", "method"])
     if dead.empty:
         return ""
     runs = ", ".join(f"{r.method} at K = {r.bits}, seed {r.seed} (test mAP {r.map:.3f})" for r in dead.itertuples())
     return (f" **{len(dead)} of {len(finals)} runs ended with no active code unit** (activity above 0.01 for no "
-            f"bit): {runs}. They are in the means above.")
+            f"bit): {runs}. They are in {included_in}.")
