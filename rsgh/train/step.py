@@ -99,9 +99,8 @@ def _compiled_cpu_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec,
         for w, g, m, v in zip(ws, grads, ms, vs):
             m.lerp_(g, 1 - beta1)
             v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            # torch.optim.Adam divides by sqrt(1 - beta2^t); multiplying by its reciprocal (within an ulp)
-            # leaves one division per element, and these loops wait on the divider (measured in one process:
-            # 1.39 -> 1.23 ms a step of a lone model at 128 bits, 0.61 -> 0.56 ms of a pair at 32 bits)
+            # times 1/sqrt(1 - beta2^t), not divided by its root as in torch.optim.Adam: the loop waits on the divider
+            # (in one process: 1.39 -> 1.23 ms a step of a lone model at 128 bits, 0.61 -> 0.56 ms of a 32-bit pair)
             w.sub_(step_size * m / (v.sqrt() * inv_bias_correction2_sqrt + eps))
         for r in redundancy:  # none or one
             lam.add_(adv_rate * r).clamp_(min=0.0)
