@@ -100,7 +100,7 @@ def _compiled_cpu_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec,
             m.lerp_(g, 1 - beta1)
             v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
             # times 1/sqrt(1 - beta2^t), not divided by its root as in torch.optim.Adam: these loops wait on the
-            # divider (in one process, in turns: 3 to 6% less time a step at 32, 64 and 128 bits and for E1)
+            # divider (in one process, in turns: 3 to 7% less time a step at 32, 64 and 128 bits and for E1)
             w.sub_(step_size * m / (v.sqrt() * inv_bias_correction2_sqrt + eps))
         for r in redundancy:  # none or one
             lam.add_(adv_rate * r).clamp_(min=0.0)
