@@ -5,13 +5,15 @@ What it runs, the way ``make reproduce`` trains (compiled step, one thread per p
 cluster of ``--workers`` processes): CIFAR-10 decoded and its GIST features computed (into a fresh
 feature cache, so that they are part of the time), embodiment 2 at 128, 64 and 32 bits (SGH and
 R-SGH, 200 epochs, with their evaluations and test-query retrieval results) and its classic
-baselines at the three code lengths, and embodiment 1 (SGH and R-SGH, 50 epochs). Each stage's
-split (one lock-step group, or its models in parallel processes) is chosen from a short measurement
-of the compiled step (``rsgh.train.step.best_splits``; that measurement is part of the time), and
-all parts go to the cluster at once, longest first, the baselines last.
+baselines at the three code lengths, and embodiment 1 (SGH and R-SGH, 50 epochs). The training goes
+through ``rsgh.book.schedule.submit_runs``, as the book's pages train: each stage's split (one
+lock-step group, or its models in parallel processes) is chosen from a short measurement of the
+compiled step (``Runtime.group_split='measure'``, which the paper-scale pages get by default; the
+measurement is part of the time), all parts go to the cluster at once, longest first, and the
+baselines last.
 
     python benchmarks/paper_scale_run.py [--runs /tmp/paper-scale] [--workers 2] [--seed 0]
-        [--bits 128 64 32] [--e2-epochs 200] [--e1-epochs 50] [--parts auto|1|2] [--reuse-cache]
+        [--bits 128 64 32] [--e2-epochs 200] [--e1-epochs 50] [--split measure|workers] [--reuse-cache]
 
 Needs the data root (``RSGH_DATA`` or ``--data-root``) and a fresh ``--runs`` folder (finished
 runs there are reused, so a second call only measures what is left). A toy run to try it:
@@ -28,7 +30,7 @@ from pathlib import Path
 import torch
 
 from rsgh.config import Runtime
-from rsgh.train.step import best_splits, makespan, part_durations, step_rate
+from rsgh.train.step import makespan
 from stages import adam_pass, floor_step, interleaved_rates, stage_setup, stages  # benchmarks/ is on sys.path
 
 
@@ -53,14 +55,15 @@ def main():
     p.add_argument("--bits", type=int, nargs="+", default=[128, 64, 32])
     p.add_argument("--e2-epochs", type=int, default=200)
     p.add_argument("--e1-epochs", type=int, default=50)
-    p.add_argument("--parts", default="auto", help="split of every stage: auto (measured), 1 (pairs) or 2")
-    p.add_argument("--seconds", type=float, default=1.5, help="timing of each floor and split measurement")
+    p.add_argument("--split", default="measure", choices=["measure", "workers"],
+                   help="how each stage's pair is split (Runtime.group_split): measured, or one part per worker")
+    p.add_argument("--seconds", type=float, default=1.5, help="timing of each floor measurement")
     p.add_argument("--reuse-cache", action="store_true", help="reuse decoded images and GIST features (not timed)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    runs = Path(args.runs)
+    runs_dir = Path(args.runs)
     if not args.reuse_cache:  # the decoding and GIST of this run, not an earlier one's
-        os.environ["RSGH_CACHE"] = str(runs / "cache")
+        os.environ["RSGH_CACHE"] = str(runs_dir / "cache")
     os.environ.pop("RSGH_SCHEDULER", None)  # a cluster of its own, never a running one
     os.environ["RSGH_WORKERS"] = str(args.workers)
     stage_list = stages(args.bits, args.e2_epochs, args.e1_epochs)
@@ -69,7 +72,6 @@ def main():
     from rsgh.book import experiments, pages, schedule
     from rsgh.train.task import task_data
 
-    runtime = Runtime(progress=False, compile_step=True, device="cpu", threads=1)
     t0 = time.time()
     marks = []
 
@@ -85,29 +87,11 @@ def main():
     torch.set_num_threads(1)
     mark("data: decoding, GIST features, split")
 
-    groups = [[c for c in e2 if c.bits == b] for b in sorted(args.bits, reverse=True)] + ([e1] if e1 else [])
-    rates = []
-    for (name, presets, overrides, dim, items, epochs), cfgs in zip(stage_list, groups):
-        steps = stage_setup(presets, overrides, items, epochs)[1]
-        if args.parts == "auto":
-            (r2, w2), (r1, w1) = step_rate(cfgs, dim, runtime, args.seconds), step_rate(cfgs[:1], dim, runtime, args.seconds)
-            rates.append((2, steps, {2: r2, 1: r1}, {2: w2, 1: w1}))
-        else:
-            rates.append((2, steps, {2: 2.0, 1: 1.0}))
-    parts = best_splits(rates, args.workers) if args.parts == "auto" else [int(args.parts)] * len(groups)
-    for (name, *_), k in zip(stage_list, parts):
-        print(f"  {name}: {'one group of 2' if k == 1 else f'{k} parts'}")
-    mark("split chosen" if args.parts == "auto" else "split given")
-
+    runtime = Runtime(progress=False, compile_step=True, device="cpu", threads=1, group_split=args.split)
+    runs = [(c, runs_dir / ("e1" if c.task == "reconstruction" else "e2") / c.run_name()) for c in e2 + e1]
     client = schedule.get_client()
-    futures, jobs = [], []
-    for cfgs, k, (m, steps, *tables) in zip(groups, parts, rates):
-        stage = "e1" if cfgs[0].task == "reconstruction" else "e2"
-        for part, seconds in zip((cfgs[i::k] for i in range(k)), part_durations(m, steps, k, *tables)):
-            jobs.append((seconds, part, [str(runs / stage / c.run_name()) for c in part]))
-    for seconds, part, dirs in sorted(jobs, key=lambda j: -j[0]):  # longest first
-        futures.append(client.submit(schedule.train_part, part, dirs, args.data_root, runtime, pure=False,
-                                     priority=int(seconds)))
+    futures = [f for _, f in schedule.submit_runs(client, runs, args.data_root, runtime, progress=True)]
+    mark("split chosen and the parts submitted" if args.split == "measure" else "parts submitted")
     baselines = client.submit(experiments.baselines_table, e2[0], sorted(args.bits), [args.seed], args.data_root,
                               cache=False, pure=False, priority=-1)
     for f in futures:

@@ -216,6 +216,11 @@ class Runtime:
                             "for bit")
     device: str = _f("auto", "'auto' (CUDA when available), 'cpu' or 'cuda'", ("auto", "cpu", "cuda"))
     progress: bool = _f(True, "show progress bars")
+    group_split: str = _f("auto", "how the cluster's tasks deal a lock-step group's models into parallel parts: "
+                          "'measure' (from a short measurement of the step at each candidate group size, 5-30 s "
+                          "a size, most of it compiling, then the split of all groups that finishes first), "
+                          "'workers' (one part per worker) or 'auto' (measure when some group trains 100,000 "
+                          "model-steps or more)", ("auto", "measure", "workers"))
 
     def validate(self) -> "Runtime":
         hints = typing.get_type_hints(Runtime)

@@ -9,6 +9,7 @@ from rsgh.config import Runtime, make_config
 from rsgh.data.task import TaskData
 from rsgh.method.model import HashModel
 from rsgh.method.objective import GroupSpec
+from rsgh.book import schedule
 from rsgh.train import loop, step
 from rsgh.train.loop import train_group
 
@@ -59,13 +60,68 @@ def test_best_splits_balances_the_cores():
     assert step.best_splits(dear_lone, 2) == [1, 1, 1]
 
 
-def test_step_rate_and_choose_parts_measure_the_group():
+def test_step_rate_measures_the_group_and_measured_splits_restore_the_threads():
     configs = [make_config(None, dict(c.to_dict(), hidden_layers=1)) for c in cfgs()]
     rate, warm = step.step_rate(configs, 20, Runtime(progress=False, device="cpu"), seconds=0.05, warmup=2)
     assert rate > 0 and warm >= 0
-    parts, rates = step.choose_parts(configs, 20, steps=1000, workers=2, runtime=Runtime(progress=False, device="cpu"),
-                                     seconds=0.05)
-    assert parts in (1, 2) and set(rates) == {1, 2}
+    torch.set_num_threads(2)
+    try:
+        (parts, seconds), = schedule.measured_splits([(configs, 20, 1000)], 2, Runtime(progress=False, device="cpu",
+                                                                                      threads=1), seconds=0.05)
+        assert torch.get_num_threads() == 2  # the caller's, not the runtime's
+    finally:
+        torch.set_num_threads(1)
+    assert parts in (1, 2) and len(seconds) == parts and min(seconds) > 0
+
+
+def test_measured_splits_follow_the_measured_rates(monkeypatch):
+    """The rates measured (here given: model-steps/s by group size, 0.5 s of warm-up) decide the split
+    and the parts' seconds. Two equally long stages: each pair on a core of its own (1,667 and 1,053 s)
+    beats splitting either (2,001 s at best), although a lone model of the first is nearly as fast as
+    a pair."""
+    given = {128: {2: 1.2, 1: 1.0}, 32: {2: 1.9, 1: 1.0}}
+    monkeypatch.setattr(step, "step_rate", lambda configs, dim, runtime, seconds: (
+        given[configs[0].bits][len(configs)], 0.5))
+    groups = [([make_config("e2-sgh", dict(bits=b)), make_config("e2-rsgh", dict(bits=b))], 512, 1000) for b in given]
+    plan = schedule.measured_splits(groups, 2, Runtime(progress=False, device="cpu"))
+    assert [p for p, _ in plan] == [1, 1]
+    assert plan[0][1] == pytest.approx([2000 / 1.2 + 0.5]) and plan[1][1] == pytest.approx([2000 / 1.9 + 0.5])
+    given[32] = {2: 1.9, 1: 1.9}  # lone models of the second stage as fast as its pair: both split (1,527 s)
+    assert [p for p, _ in schedule.measured_splits(groups, 2, Runtime(progress=False, device="cpu"))] == [2, 2]
+
+
+class _Client:
+    """Just enough of a Dask client to see what submit_runs submits."""
+
+    def __init__(self, workers):
+        self.workers, self.submitted = workers, []
+
+    def scheduler_info(self, n_workers=-1):
+        return {"workers": dict.fromkeys(range(self.workers))}
+
+    def submit(self, fn, configs, dirs, data_root, runtime, pure, resources, priority):
+        self.submitted.append(([c.seed for c in configs], priority))
+        return None
+
+
+def test_submit_runs_deals_the_groups_longest_part_first(tmp_path, monkeypatch):
+    """Measured: each group dealt into its chosen parts (interleaved), the longest part submitted first
+    with the highest priority; 'workers': one part per worker, in the order given, with no measurement."""
+    short = [make_config("e2-sgh", dict(bits=32, seed=s)) for s in range(4)]
+    long = [make_config("e2-sgh", dict(bits=128, seed=s)) for s in range(2)]
+    runs = [(c, tmp_path / c.run_name()) for c in short + long]
+    monkeypatch.setattr(schedule, "_steps", lambda cfg, data_root: (512, 1000))
+    monkeypatch.setattr(schedule, "measured_splits", lambda groups, workers, runtime: [
+        {32: (2, [30.0, 30.0]), 128: (1, [100.0])}[cfgs[0].bits] for cfgs, _, _ in groups])
+    client = _Client(2)
+    schedule.submit_runs(client, runs, runtime=Runtime(progress=False, group_split="measure"))
+    assert client.submitted == [([0, 1], 100), ([0, 2], 30), ([1, 3], 30)]
+    client = _Client(2)
+    schedule.submit_runs(client, runs, runtime=Runtime(progress=False, group_split="workers"))
+    assert client.submitted == [([0, 2], 0), ([1, 3], 0), ([0], 0), ([1], 0)]
+    client = _Client(2)  # 'auto': 6,000 model-steps in all, far below the threshold: not measured
+    schedule.submit_runs(client, runs, runtime=Runtime(progress=False))
+    assert client.submitted == [([0, 2], 0), ([1, 3], 0), ([0], 0), ([1], 0)]
 
 
 @pytest.mark.slow

@@ -90,29 +90,96 @@ def lockstep_groups(runs: Sequence[tuple[Config, Path]]) -> list[list[tuple[Conf
     return list(groups.values())
 
 
+MEASURE_FROM = 100_000  # model-steps of a group from which group_split='auto' measures the split
+
+
 def train_runs(runs: Sequence[tuple[Config, Path]], data_root=None, runtime: Runtime = Runtime(progress=False),
                scheduler: str | None = None, parts: int | None = None, progress: bool = True) -> list[dict]:
-    """Train every (configuration, run folder) pair that is not finished yet, on the cluster.
-
-    Each lock-step group is dealt out into ``parts`` smaller groups (default: the cluster's number of
-    workers), interleaved so that each mixes methods and seeds; a model ends where it ends in any
-    group (``tests/test_group.py``), so the results do not depend on this. Returns the summaries in
-    the order of ``runs``."""
+    """Train every (configuration, run folder) pair that is not finished yet, on the cluster; returns
+    the summaries in the order of ``runs``. ``parts``: every lock-step group dealt into that many
+    parts, else as ``runtime.group_split`` says (:func:`submit_runs`)."""
     client = get_client(scheduler)
-    parts = parts or n_workers(client)
-    futures, order = [], []
-    for members in lockstep_groups(runs):
-        for part in (members[i::parts] for i in range(min(parts, len(members)))):
-            futures.append(client.submit(train_part, [c for c, _ in part], [str(p) for _, p in part], data_root,
-                                         runtime, pure=False, resources=resources(runtime)))
-            order.append(part)
     summaries = {}
-    for part, future in zip(order, futures):
+    for part, future in submit_runs(client, runs, data_root, runtime, parts, progress):
         for (_, path), summary in zip(part, future.result()):  # re-raises a task's error here
             summaries[str(path)] = summary
         if progress:
             print(f"trained {', '.join(p.name for _, p in part)}", flush=True)
     return [summaries[str(p)] for _, p in runs]
+
+
+def submit_runs(client, runs: Sequence[tuple[Config, Path]], data_root=None, runtime: Runtime = Runtime(progress=False),
+                parts: int | None = None, progress: bool = False) -> list[tuple[list, object]]:
+    """Submit the training of ``runs`` to ``client``, one task per part of each lock-step group;
+    returns [(the part's (configuration, folder) pairs, its future)].
+
+    A group is dealt into parts interleaved, so that each mixes methods and seeds; a model ends
+    where it ends in any group (``tests/test_group.py``), so the results do not depend on the split.
+    With ``runtime.group_split`` 'measure' (or 'auto' and a group of 100,000 model-steps or more)
+    the split of every group with unfinished runs is chosen together from a short measurement of
+    the step here (:func:`measured_splits`) and the parts go out longest first; else each group is
+    dealt into one part per worker (``parts`` overrides both)."""
+    from ..train.rundir import RunDir
+
+    groups = lockstep_groups(runs)
+    todo = [g for g in groups if not all(RunDir(p).is_finished() for _, p in g)]
+    workers = n_workers(client)
+    plan = {}  # id of a group -> (parts, seconds of each part)
+    if parts is None and todo and _measure(todo, runtime, data_root):
+        shapes = [([c for c, _ in g], *_steps(g[0][0], data_root)) for g in todo]
+        for g, chosen in zip(todo, measured_splits(shapes, workers, runtime)):
+            plan[id(g)] = chosen
+            if progress:
+                cfg = g[0][0]
+                print(f"{len(g)} models ({cfg.dataset}, {cfg.bits} bits): {chosen[0]} part(s) of about "
+                      f"{', '.join(f'{s / 60:.1f}' for s in chosen[1])} min (measured)", flush=True)
+    jobs = []
+    for g in groups:
+        k, seconds = plan.get(id(g), (parts or workers, None))
+        for i, part in enumerate(g[j::k] for j in range(min(k, len(g)))):
+            jobs.append((seconds[i] if seconds else 0.0, part))
+    out = []
+    for seconds, part in sorted(jobs, key=lambda j: -j[0]):  # longest first (a stable sort: else as given)
+        out.append((part, client.submit(train_part, [c for c, _ in part], [str(p) for _, p in part], data_root,
+                                        runtime, pure=False, resources=resources(runtime), priority=int(seconds))))
+    return out
+
+
+def _steps(cfg: Config, data_root) -> tuple[int, int]:
+    """(input dimension, training steps) of a configuration, from its data (loaded once per process)."""
+    from ..train.task import task_data
+
+    x = task_data(cfg, data_root, progress=False).train_x
+    return x.shape[1], cfg.iterations if cfg.iterations > 0 else cfg.epochs * (len(x) // cfg.batch_size)
+
+
+def _measure(groups, runtime: Runtime, data_root) -> bool:
+    if runtime.group_split != "auto":
+        return runtime.group_split == "measure"
+    return any(len(g) * _steps(g[0][0], data_root)[1] >= MEASURE_FROM for g in groups)
+
+
+def measured_splits(groups: Sequence[tuple[Sequence[Config], int, int]], workers: int, runtime: Runtime,
+                    seconds: float = 1.5) -> list[tuple[int, list[float]]]:
+    """For each lock-step group, given as (its configurations, input dimension, training steps), the
+    number of parts to deal it into and each part's expected seconds: the model-steps/s and warm-up
+    (compilation) of the step at each candidate group size measured here, one size after the other
+    for about ``seconds`` each (``rsgh.train.step.step_rate``), then the split of all groups together
+    that finishes first on ``workers`` processes (``rsgh.train.step.best_splits``)."""
+    import torch
+
+    from ..train import step
+
+    threads, stages = torch.get_num_threads(), []
+    try:
+        for cfgs, dim, steps in groups:
+            rates, warm = {}, {}
+            for size in sorted({step.part_sizes(len(cfgs), p)[0] for p in step.candidate_parts(len(cfgs), workers)}):
+                rates[size], warm[size] = step.step_rate(list(cfgs[:size]), dim, runtime, seconds)
+            stages.append((len(cfgs), steps, rates, warm))
+    finally:
+        torch.set_num_threads(threads)  # step_rate sets the runtime's
+    return [(p, step.part_durations(*st[:2], p, *st[2:])) for st, p in zip(stages, step.best_splits(stages, workers))]
 
 
 def tune_worker_process(threads: int = 1) -> None:

@@ -344,28 +344,12 @@ def candidate_parts(models: int, workers: int) -> list[int]:
     return sorted(set(out + [models]))
 
 
-def choose_parts(configs, input_dim: int, steps: int, workers: int, runtime=None,
-                 seconds: float = 2.0) -> tuple[int, dict[int, float]]:
-    """The split of one stage's models (``configs``, all of one lock-step group) into ``parts`` for
-    ``rsgh.book.schedule.train_runs``, chosen by measuring now: model-steps/s of each candidate group
-    size for about ``seconds`` (plus a compilation each with ``compile_step``), then the split whose
-    parts, each with its warm-up, finish first on ``workers`` single-threaded processes. Returns
-    (parts, the rates)."""
-    rates, warmups = {}, {}
-    for p in candidate_parts(len(configs), workers):
-        size = part_sizes(len(configs), p)[0]
-        if size not in rates:
-            rates[size], warmups[size] = step_rate(configs[:size], input_dim, runtime, seconds)
-    best = min(candidate_parts(len(configs), workers),
-               key=lambda p: makespan(part_durations(len(configs), steps, p, rates, warmups), workers))
-    return best, rates
-
-
 def best_splits(stages, workers: int) -> list[int]:
     """For several stages run together, each ``(models, steps, rates)`` or ``(models, steps, rates,
     warmups)`` with model-steps/s and warm-up seconds by group size (as :func:`step_rate` measures
-    them): the parts of each stage that make all of them finish first on ``workers`` processes
-    (every combination of the candidates, up to 4096; beyond that each stage on its own)."""
+    them, in ``rsgh.book.schedule.measured_splits``): the parts of each stage that make all of them
+    finish first on ``workers`` processes (every combination of the candidates, up to 4096; beyond
+    that each stage on its own)."""
     import itertools
 
     def durations(stage, p):
