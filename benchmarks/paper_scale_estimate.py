@@ -3,7 +3,7 @@ floor of ``gemm_floor.py`` measured in the same run.
 
 For each training stage (E1: SGH + R-SGH on MNIST, 50 epochs; E2: SGH + R-SGH on 59,000 GIST-512
 vectors at 32, 64 and 128 bits, 200 epochs) this times, on random inputs of the stage's shape, one
-thread each, in turns (rounds of 10 calls of each, again and again: ``stages.interleaved_rates``,
+thread each, in turns (rounds of 10 calls of each, again and again: ``rsgh.train.step.timed_rates``,
 so that the machine's drifts fall on all of them alike): the stage's matrix products alone (the
 floor), one fused Adam update of the pair's parameters (``stages.adam_pass``), rsgh's compiled
 training step (``rsgh.train.step.make_step``, ``Runtime.compile_step``) for the pair as one
@@ -30,8 +30,8 @@ import time
 import torch
 
 from rsgh.config import Runtime
-from rsgh.train.step import best_splits, group_step, makespan, part_durations
-from stages import adam_pass, floor_step, interleaved_rates, stage_setup, stages  # benchmarks/ is on sys.path
+from rsgh.train.step import best_splits, group_step, makespan, part_durations, timed_rates
+from stages import adam_pass, floor_step, stage_setup, stages  # benchmarks/ is on sys.path
 
 
 def warm_up(call, calls: int = 20) -> float:
@@ -66,7 +66,7 @@ def main():
         warm1 = max(warm_up(calls[f"lone {c.method}"]) for c in cfgs)
         if args.eager:
             calls["eager"] = group_step(cfgs, dim, eager)[0]
-        r = interleaved_rates(calls, args.seconds)
+        r = timed_rates(calls, args.seconds)[0]
         # model-steps/s of the pair, and of the lone models (their mean time per step)
         floor, adam, pair = r["floor"], r["adam"], 2 * r["pair"]
         lone = len(cfgs) / sum(1 / r[f"lone {c.method}"] for c in cfgs)

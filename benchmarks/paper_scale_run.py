@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 from rsgh.config import Runtime
-from rsgh.train.step import makespan
-from stages import adam_pass, floor_step, interleaved_rates, stage_setup, stages  # benchmarks/ is on sys.path
+from rsgh.train.step import makespan, timed_rates
+from stages import adam_pass, floor_step, stage_setup, stages  # benchmarks/ is on sys.path
 
 
 def floor_minutes(stage_list, seconds: float) -> tuple[list[float], list[float]]:
@@ -40,7 +40,7 @@ def floor_minutes(stage_list, seconds: float) -> tuple[list[float], list[float]]
     products_min, adam_min = [], []
     for name, presets, overrides, dim, items, epochs in stage_list:
         cfgs, steps = stage_setup(presets, overrides, items, epochs)
-        rates = interleaved_rates({"floor": floor_step(cfgs, dim)[0], "adam": adam_pass(cfgs, dim)}, seconds)
+        rates = timed_rates({"floor": floor_step(cfgs, dim)[0], "adam": adam_pass(cfgs, dim)}, seconds)[0]
         products_min.append(steps / rates["floor"] / 60)
         adam_min.append(steps / rates["adam"] / 60)
     return products_min, adam_min

@@ -1,14 +1,12 @@
 """What the speed benchmarks share: the training stages of the one-seed paper-scale reproduction,
-the steps the patents' settings need, the matrix products of a step (the floor) and how a rate is
-timed on a machine that other jobs share.
+the steps the patents' settings need and the matrix products of a step (the floor). Rates are timed
+by ``rsgh.train.step.timed_rate`` and ``timed_rates`` (in turns).
 
 Run from the repository root (``python benchmarks/<script>.py``): ``benchmarks/`` is then on
 ``sys.path`` and the scripts import this module by name.
 """
 
 from __future__ import annotations
-
-import time
 
 import torch
 
@@ -92,28 +90,3 @@ def adam_pass(cfgs, dim):
                            weight_decay=0.0, eps=1e-8, maximize=False)
     return step
 
-
-def interleaved_rates(calls: dict, seconds: float, warmup: int = 10) -> dict:
-    """Calls per second of each of ``calls`` (name -> function), timed in turns: a round of 10 calls
-    of each, again and again for about ``seconds`` per function; the rate of each one's median round.
-    On a virtual machine whose speed drifts by a factor of two within minutes, a ratio of two rates
-    timed one after the other is not to be trusted; rates timed in turns share the machine's moods.
-    Each round starts with 3 untimed calls: the first calls after a switch from another function
-    find the caches cold (measured: the first call of a step 20-70% slower, the next two up to
-    10%), most of all after the optimizer's pass (``adam_pass``), which streams megabytes through
-    them; with no untimed call, a step timed right after it measured 4-7% slower than the same
-    step timed after another step. Training calls one step after another."""
-    for call in calls.values():
-        for _ in range(warmup):
-            call()
-    rounds = {name: [] for name in calls}
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds * len(calls) or min(map(len, rounds.values())) < 5:
-        for name, call in calls.items():
-            for _ in range(3):
-                call()
-            t = time.perf_counter()
-            for _ in range(10):
-                call()
-            rounds[name].append(time.perf_counter() - t)
-    return {name: 10 / sorted(r)[len(r) // 2] for name, r in rounds.items()}

@@ -287,23 +287,45 @@ def group_step(configs, input_dim: int, runtime=None) -> tuple[Callable[[], None
 
 
 def timed_rate(call, seconds: float, device=torch.device("cpu"), warmup: int = 20) -> tuple[float, float]:
-    """(calls of ``call`` per second, seconds of the ``warmup`` calls before): rounds of 10 calls for
-    about ``seconds``, the rate of the median round (a busy machine's pauses count less than in a mean)."""
+    """(calls of ``call`` per second, seconds of the ``warmup`` calls before): :func:`timed_rates` of one."""
+    rates, warm = timed_rates({"call": call}, seconds, device, warmup)
+    return rates["call"], warm
+
+
+def timed_rates(calls: dict, seconds: float, device=torch.device("cpu"), warmup: int = 10) -> tuple[dict, float]:
+    """(calls per second of each of ``calls``, name -> function; seconds of the ``warmup`` calls of
+    each before), timed in turns: a round of 10 calls of each, again and again for about ``seconds``
+    per function (at least 5 rounds); the rate of each one's median round, so that a busy machine's
+    pauses count less than in a mean. On a virtual machine whose speed drifts by a factor of two
+    within minutes, a ratio of two rates timed one after the other is not to be trusted; rates timed
+    in turns share the machine's moods. With several functions, each round starts with 3 untimed
+    calls: the first calls after a switch from another function find the caches cold (measured: the
+    first call of a training step 20-70% slower, the next two up to 10%), most of all after an
+    optimizer's pass that streams megabytes through them; with no untimed call, a step timed right
+    after it measured 4-7% slower than the same step timed after another step. Training calls one
+    step after another."""
     import time
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     t0 = time.perf_counter()
-    for _ in range(warmup):
-        call()
-    sync()
-    warm, rounds, start = time.perf_counter() - t0, [], time.perf_counter()
-    while time.perf_counter() - start < seconds or len(rounds) < 3:
-        t = time.perf_counter()
-        for _ in range(10):
+    for call in calls.values():
+        for _ in range(warmup):
             call()
-        sync()
-        rounds.append(time.perf_counter() - t)
-    return 10 / sorted(rounds)[len(rounds) // 2], warm
+    sync()
+    warm, untimed = time.perf_counter() - t0, 3 if len(calls) > 1 else 0
+    rounds = {name: [] for name in calls}
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds * len(calls) or min(map(len, rounds.values())) < 5:
+        for name, call in calls.items():
+            for _ in range(untimed):
+                call()
+            sync()
+            t = time.perf_counter()
+            for _ in range(10):
+                call()
+            sync()
+            rounds[name].append(time.perf_counter() - t)
+    return {name: 10 / sorted(r)[len(r) // 2] for name, r in rounds.items()}, warm
 
 
 def makespan(durations, workers: int) -> float:
