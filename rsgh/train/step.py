@@ -6,6 +6,7 @@ step as one ``torch.compile`` graph, on CUDA the forward and backward pass with 
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Callable
 
@@ -145,6 +146,19 @@ def _compiled_cpu_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec,
 
     cpu_step.calls_graph_directly = lambda: direct is not None  # for the tests
     return cpu_step
+
+
+class _HandledRecompileLimit(logging.Filter):
+    """Drops dynamo's warning that the compiled step hit its recompile limit: the step handles it by
+    starting dynamo's cache afresh (:func:`_compiled_cpu_step`), and the warning (a dozen lines with a
+    stack) would fill the log of every process that trains many group shapes (a study's worker)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        return not (text.startswith("torch._dynamo hit config.") and "'whole_step' (" + __file__ in str(record.args))
+
+
+logging.getLogger("torch._dynamo.convert_frame").addFilter(_HandledRecompileLimit())
 
 
 def _step_scalars() -> tuple:
