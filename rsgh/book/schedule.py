@@ -154,9 +154,15 @@ def _steps(cfg: Config, data_root) -> tuple[int, int]:
 
 
 def _measure(groups, runtime: Runtime, data_root) -> bool:
+    """``group_split`` 'measure', or 'auto' and some group trains MEASURE_FROM model-steps or more (a
+    training given in iterations is counted without loading its data)."""
     if runtime.group_split != "auto":
         return runtime.group_split == "measure"
-    return any(len(g) * _steps(g[0][0], data_root)[1] >= MEASURE_FROM for g in groups)
+    for g in groups:
+        cfg = g[0][0]
+        if len(g) * (cfg.iterations if cfg.iterations > 0 else _steps(cfg, data_root)[1]) >= MEASURE_FROM:
+            return True
+    return False
 
 
 def measured_splits(groups: Sequence[tuple[Sequence[Config], int, int]], workers: int, runtime: Runtime,
