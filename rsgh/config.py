@@ -219,8 +219,8 @@ class Runtime:
     group_split: str = _f("auto", "how the cluster's tasks deal a lock-step group's models into parallel parts: "
                           "'measure' (from a short measurement of the step at each candidate group size, 5-30 s "
                           "a size, most of it compiling, then the split of all groups that finishes first), "
-                          "'workers' (one part per worker) or 'auto' (measure when some group trains 100,000 "
-                          "model-steps or more)", ("auto", "measure", "workers"))
+                          "'workers' (one part per worker) or 'auto' (measure on a local cluster of CPU workers when "
+                          "some group trains 100,000 model-steps or more)", ("auto", "measure", "workers"))
 
     def validate(self) -> "Runtime":
         hints = typing.get_type_hints(Runtime)

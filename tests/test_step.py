@@ -120,7 +120,16 @@ def test_submit_runs_deals_the_groups_longest_part_first(tmp_path, monkeypatch):
     schedule.submit_runs(client, runs, runtime=Runtime(progress=False, group_split="workers"))
     assert client.submitted == [([0, 2], 0), ([1, 3], 0), ([0], 0), ([1], 0)]
     client = _Client(2)  # 'auto': 6,000 model-steps in all, far below the threshold: not measured
-    schedule.submit_runs(client, runs, runtime=Runtime(progress=False))
+    client.cluster = "local"
+    schedule.submit_runs(client, runs, runtime=Runtime(progress=False, device="cpu"))
+    assert client.submitted == [([0, 2], 0), ([1, 3], 0), ([0], 0), ([1], 0)]
+    monkeypatch.setattr(schedule, "_steps", lambda cfg, data_root: (512, 100_000))
+    client = _Client(2)  # 'auto', 600,000 model-steps: measured on a local cluster
+    client.cluster = "local"
+    schedule.submit_runs(client, runs, runtime=Runtime(progress=False, device="cpu"))
+    assert client.submitted == [([0, 1], 100), ([0, 2], 30), ([1, 3], 30)]
+    client = _Client(2)  # ... not on a cluster of its own (the workers may be other machines)
+    schedule.submit_runs(client, runs, runtime=Runtime(progress=False, device="cpu"))
     assert client.submitted == [([0, 2], 0), ([1, 3], 0), ([0], 0), ([1], 0)]
 
 

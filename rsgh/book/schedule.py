@@ -115,17 +115,17 @@ def submit_runs(client, runs: Sequence[tuple[Config, Path]], data_root=None, run
 
     A group is dealt into parts interleaved, so that each mixes methods and seeds; a model ends
     where it ends in any group (``tests/test_group.py``), so the results do not depend on the split.
-    With ``runtime.group_split`` 'measure' (or 'auto' and a group of 100,000 model-steps or more)
-    the split of every group with unfinished runs is chosen together from a short measurement of
-    the step here (:func:`measured_splits`) and the parts go out longest first; else each group is
-    dealt into one part per worker (``parts`` overrides both)."""
+    With ``runtime.group_split`` 'measure' (or 'auto', a local cluster of CPU workers and a group of
+    100,000 model-steps or more) the split of every group with unfinished runs is chosen together
+    from a short measurement of the step here (:func:`measured_splits`) and the parts go out longest
+    first; else each group is dealt into one part per worker (``parts`` overrides both)."""
     from ..train.rundir import RunDir
 
     groups = lockstep_groups(runs)
     todo = [g for g in groups if not all(RunDir(p).is_finished() for _, p in g)]
     workers = n_workers(client)
     plan = {}  # id of a group -> (parts, seconds of each part)
-    if parts is None and todo and _measure(todo, runtime, data_root):
+    if parts is None and todo and _measure(todo, runtime, data_root, local=getattr(client, "cluster", None) is not None):
         shapes = [([c for c, _ in g], *_steps(g[0][0], data_root)) for g in todo]
         for g, chosen in zip(todo, measured_splits(shapes, workers, runtime)):
             plan[id(g)] = chosen
@@ -153,11 +153,14 @@ def _steps(cfg: Config, data_root) -> tuple[int, int]:
     return x.shape[1], cfg.iterations if cfg.iterations > 0 else cfg.epochs * (len(x) // cfg.batch_size)
 
 
-def _measure(groups, runtime: Runtime, data_root) -> bool:
-    """``group_split`` 'measure', or 'auto' and some group trains MEASURE_FROM model-steps or more (a
-    training given in iterations is counted without loading its data)."""
+def _measure(groups, runtime: Runtime, data_root, local: bool) -> bool:
+    """``group_split`` 'measure', or 'auto' on a local cluster of CPU workers (this process measures
+    what its workers will run) where some group trains MEASURE_FROM model-steps or more (a training
+    given in iterations is counted without loading its data)."""
     if runtime.group_split != "auto":
         return runtime.group_split == "measure"
+    if not local or resources(runtime) is not None:
+        return False
     for g in groups:
         cfg = g[0][0]
         if len(g) * (cfg.iterations if cfg.iterations > 0 else _steps(cfg, data_root)[1]) >= MEASURE_FROM:
