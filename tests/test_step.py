@@ -133,6 +133,28 @@ def test_submit_runs_deals_the_groups_longest_part_first(tmp_path, monkeypatch):
     assert client.submitted == [([0, 2], 0), ([1, 3], 0), ([0], 0), ([1], 0)]
 
 
+
+def test_submit_runs_measures_and_deals_the_unfinished_runs_of_a_group(tmp_path, monkeypatch):
+    """A group with finished runs: the split is measured for its unfinished models only, they are dealt
+    first (one to each part), and the finished ones follow in the same parts."""
+    cfgs = [make_config("e2-sgh", dict(bits=32, seed=s)) for s in range(4)]
+    runs = [(c, tmp_path / c.run_name()) for c in cfgs]
+    for _, path in runs[:2]:  # seeds 0 and 1 finished
+        path.mkdir()
+        (path / "summary.json").write_text("{}")
+        (path / "model.pt").write_bytes(b"")
+    measured = []
+
+    def plan(groups, workers, runtime):
+        measured.extend([c.seed for c in g] for g, _, _ in groups)
+        return [(2, [30.0, 20.0])]
+    monkeypatch.setattr(schedule, "_steps", lambda cfg, data_root: (512, 1000))
+    monkeypatch.setattr(schedule, "measured_splits", plan)
+    client = _Client(2)
+    schedule.submit_runs(client, runs, runtime=Runtime(progress=False, group_split="measure"))
+    assert measured == [[2, 3]]
+    assert client.submitted == [([2, 0], 30), ([3, 1], 20)]
+
 @pytest.mark.slow
 def test_compiled_step_called_directly_equals_dynamo_bit_for_bit(monkeypatch):
     """After two steps the compiled graph is called without dynamo: the same numbers as through

@@ -121,23 +121,26 @@ def submit_runs(client, runs: Sequence[tuple[Config, Path]], data_root=None, run
     first; else each group is dealt into one part per worker (``parts`` overrides both)."""
     from ..train.rundir import RunDir
 
-    groups = lockstep_groups(runs)
-    todo = [g for g in groups if not all(RunDir(p).is_finished() for _, p in g)]
+    # each group's unfinished runs first: the split is measured and dealt for them; the finished ones
+    # (whose tasks only read them back, or write a missing retrieval report) follow in the same parts
+    groups = [sorted(g, key=lambda r: RunDir(r[1]).is_finished()) for g in lockstep_groups(runs)]
+    todo = [[r for r in g if not RunDir(r[1]).is_finished()] for g in groups]
+    todo = [u for u in todo if u]
     workers = n_workers(client)
-    plan = {}  # id of a group -> (parts, seconds of each part)
+    plan = {}  # id of a group's first run -> (parts, seconds of each part)
     if parts is None and todo and _measure(todo, runtime, data_root, local=getattr(client, "cluster", None) is not None):
         shapes = [([c for c, _ in g], *_steps(g[0][0], data_root)) for g in todo]
         for g, chosen in zip(todo, measured_splits(shapes, workers, runtime)):
-            plan[id(g)] = chosen
+            plan[id(g[0])] = chosen
             if progress:
                 cfg = g[0][0]
                 print(f"{len(g)} models ({cfg.dataset}, {cfg.bits} bits): {chosen[0]} part(s) of about "
                       f"{', '.join(f'{s / 60:.1f}' for s in chosen[1])} min (measured)", flush=True)
     jobs = []
     for g in groups:
-        k, seconds = plan.get(id(g), (parts or workers, None))
+        k, seconds = plan.get(id(g[0]), (parts or workers, None))
         for i, part in enumerate(g[j::k] for j in range(min(k, len(g)))):
-            jobs.append((seconds[i] if seconds else 0.0, part))
+            jobs.append((seconds[i] if seconds and i < len(seconds) else 0.0, part))
     out = []
     for seconds, part in sorted(jobs, key=lambda j: -j[0]):  # longest first (a stable sort: else as given)
         out.append((part, client.submit(train_part, [c for c, _ in part], [str(p) for _, p in part], data_root,
