@@ -123,22 +123,24 @@ def submit_runs(client, runs: Sequence[tuple[Config, Path]], data_root=None, run
 
     # each group's unfinished runs first: the split is measured and dealt for them; the finished ones
     # (whose tasks only read them back, or write a missing retrieval report) follow in the same parts
-    groups = [sorted(g, key=lambda r: RunDir(r[1]).is_finished()) for g in lockstep_groups(runs)]
-    todo = [[r for r in g if not RunDir(r[1]).is_finished()] for g in groups]
-    todo = [u for u in todo if u]
+    done = {str(p) for _, p in runs if RunDir(p).is_finished()}
+    groups = [sorted(g, key=lambda r: str(r[1]) in done) for g in lockstep_groups(runs)]
+    todo = {i: [r for r in g if str(r[1]) not in done] for i, g in enumerate(groups)}
+    todo = {i: u for i, u in todo.items() if u}
     workers = n_workers(client)
-    plan = {}  # id of a group's first run -> (parts, seconds of each part)
-    if parts is None and todo and _measure(todo, runtime, data_root, local=getattr(client, "cluster", None) is not None):
-        shapes = [([c for c, _ in g], *_steps(g[0][0], data_root)) for g in todo]
-        for g, chosen in zip(todo, measured_splits(shapes, workers, runtime)):
-            plan[id(g[0])] = chosen
+    plan = {}  # index of a group -> (parts, seconds of each part)
+    local = getattr(client, "cluster", None) is not None
+    if parts is None and todo and _measure(list(todo.values()), runtime, data_root, local):
+        shapes = [([c for c, _ in u], *_steps(u[0][0], data_root)) for u in todo.values()]
+        for (i, u), chosen in zip(todo.items(), measured_splits(shapes, workers, runtime)):
+            plan[i] = chosen
             if progress:
-                cfg = g[0][0]
-                print(f"{len(g)} models ({cfg.dataset}, {cfg.bits} bits): {chosen[0]} part(s) of about "
+                cfg = u[0][0]
+                print(f"{len(u)} models ({cfg.dataset}, {cfg.bits} bits): {chosen[0]} part(s) of about "
                       f"{', '.join(f'{s / 60:.1f}' for s in chosen[1])} min (measured)", flush=True)
     jobs = []
-    for g in groups:
-        k, seconds = plan.get(id(g[0]), (parts or workers, None))
+    for i, g in enumerate(groups):
+        k, seconds = plan.get(i, (parts or workers, None))
         for i, part in enumerate(g[j::k] for j in range(min(k, len(g)))):
             jobs.append((seconds[i] if seconds and i < len(seconds) else 0.0, part))
     out = []
