@@ -24,6 +24,9 @@ run's wall time over the floor's (the same stages' products, scheduled on the sa
 
 import argparse
 import os
+import signal
+import statistics
+import threading
 import time
 from pathlib import Path
 
@@ -46,6 +49,55 @@ def floor_minutes(stage_list, seconds: float) -> tuple[list[float], list[float]]
     return products_min, adam_min
 
 
+class FloorDuringRun(threading.Thread):
+    """The floor sampled while the training runs: every ``every`` seconds it stops the cluster's
+    workers (SIGSTOP), times one stage's products and Adam's pass in turns on the idle machine for
+    about ``seconds``, and lets the workers go on (SIGCONT); the stages take turns. This machine's
+    speed drifts by up to a factor of two within minutes (the same products timed in 2-second windows
+    on an idle machine: 0.73 to 1.26 ms), so a floor timed before or after a 25-minute run can be
+    another machine's; sampled in the run, it is the floor of the minutes the run had. The stopped
+    time is measured and taken off the run's wall time for the ratio against this floor."""
+
+    def __init__(self, stage_list, pids, every: float, seconds: float):
+        super().__init__(daemon=True)
+        self.calls = []
+        for _, presets, overrides, dim, items, epochs in stage_list:
+            cfgs, steps = stage_setup(presets, overrides, items, epochs)
+            self.calls.append(({"floor": floor_step(cfgs, dim)[0], "adam": adam_pass(cfgs, dim)}, steps))
+        self.pids, self.every, self.seconds = list(pids), every, seconds
+        self.samples = [[] for _ in stage_list]  # per stage: (seconds a step of products, of Adam's pass)
+        self.stopped_s, self.done = 0.0, threading.Event()
+
+    def run(self):
+        turn = 0
+        while not self.done.wait(self.every):
+            calls, _ = self.calls[turn % len(self.calls)]
+            t = time.perf_counter()
+            for pid in self.pids:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                rates = timed_rates(calls, self.seconds, warmup=3)[0]
+            finally:
+                for pid in self.pids:
+                    os.kill(pid, signal.SIGCONT)
+            self.stopped_s += time.perf_counter() - t
+            self.samples[turn % len(self.calls)].append((1 / rates["floor"], 1 / rates["adam"]))
+            turn += 1
+
+    def minutes(self) -> tuple[list[float], list[float]] | None:
+        """Each stage's products and Adam's pass in minutes at the mean of its samples' step times (the
+        machine's mean speed over the run), or None before every stage has two samples."""
+        if min(map(len, self.samples)) < 2:
+            return None
+        products = [statistics.fmean(s[0] for s in smp) * steps / 60 for smp, (_, steps) in zip(self.samples, self.calls)]
+        adam = [statistics.fmean(s[1] for s in smp) * steps / 60 for smp, (_, steps) in zip(self.samples, self.calls)]
+        return products, adam
+
+    def spread(self) -> str:
+        per_step = [s[0] / statistics.fmean(x[0] for x in smp) for smp in self.samples for s in smp]
+        return f"{min(per_step):.2f} to {max(per_step):.2f} times its mean"
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", default="/tmp/paper-scale")
@@ -58,6 +110,8 @@ def main():
     p.add_argument("--split", default="measure", choices=["measure", "workers"],
                    help="how each stage's pair is split (Runtime.group_split): measured, or one part per worker")
     p.add_argument("--seconds", type=float, default=1.5, help="timing of each floor measurement")
+    p.add_argument("--probe-every", type=float, default=15.0,
+                   help="seconds between the samples of the floor during the training (0: none)")
     p.add_argument("--reuse-cache", action="store_true", help="reuse decoded images and GIST features (not timed)")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -92,10 +146,19 @@ def main():
     client = schedule.get_client()
     futures = [f for _, f in schedule.submit_runs(client, runs, args.data_root, runtime, progress=True)]
     mark("split chosen and the parts submitted" if args.split == "measure" else "parts submitted")
+    probe = None
+    if args.probe_every > 0:
+        probe = FloorDuringRun(stage_list, client.run(os.getpid).values(), args.probe_every, 0.1)
+        probe.start()
     baselines = client.submit(experiments.baselines_table, e2[0], sorted(args.bits), [args.seed], args.data_root,
                               cache=False, pure=False, priority=-1)
-    for f in futures:
-        f.result()
+    try:
+        for f in futures:
+            f.result()
+    finally:  # never leave the workers stopped
+        if probe is not None:
+            probe.done.set()
+            probe.join()
     mark("training with evaluations (all stages)")
     baselines.result()
     mark("baselines (on the cluster, when a worker was free; after the training)")
@@ -113,6 +176,18 @@ def main():
     print(f"paper_scale_run_min={wall / 60:.2f}")
     print(f"run_vs_floor={wall / 60 / floor_wall:.2f}")
     print(f"run_vs_floor_with_adam={wall / 60 / with_adam:.2f}")
+    during = probe.minutes() if probe is not None else None
+    if during is not None:
+        run_s = wall - probe.stopped_s
+        floor_during, with_adam_during = (makespan(during[0], args.workers),
+                                          makespan([f + a for f, a in zip(*during)], args.workers))
+        print(f"floor sampled during the training ({sum(map(len, probe.samples))} samples, the workers stopped "
+              f"{probe.stopped_s:.0f} s in all; a sample's products took {probe.spread()}): {floor_during:.2f} min, "
+              f"with Adam's pass {with_adam_during:.2f} min; the run without the stops: {run_s / 60:.2f} min")
+        for (name, *_), f, a in zip(stage_list, *during):
+            print(f"  floor during {name:24s} products {f:5.1f} min, Adam's pass {a:4.1f} min")
+        print(f"run_vs_floor_during={run_s / 60 / floor_during:.2f}")
+        print(f"run_vs_floor_during_with_adam={run_s / 60 / with_adam_during:.2f}")
 
 
 if __name__ == "__main__":
