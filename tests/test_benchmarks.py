@@ -1,0 +1,91 @@
+"""The benchmarks' machinery where a fault would harm the machine or bias the measurement: the floor
+sampled during ``paper_scale_run.py`` stops the cluster's workers for each sample."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+
+
+@pytest.fixture
+def benchmarks(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import paper_scale_run
+    import stages
+    return paper_scale_run, stages
+
+
+def _state(pid: int) -> str:
+    """The process's state letter (R running, S sleeping, T stopped)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _stopped_soon(pid: int) -> bool:
+    """Whether the process is stopped within 0.2 s (a signal is delivered a moment after kill returns)."""
+    deadline = time.time() + 0.2
+    while _state(pid) != "T" and time.time() < deadline:
+        time.sleep(0.001)
+    return _state(pid) == "T"
+
+
+@pytest.fixture
+def worker():
+    child = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.001)"])
+    yield child.pid
+    child.kill()
+    child.wait()
+
+
+def _run_probe(probe, until):
+    probe.start()
+    deadline = time.time() + 30
+    while not until() and time.time() < deadline and probe.is_alive():
+        time.sleep(0.01)
+    probe.done.set()
+    probe.join()
+
+
+def test_floor_during_run_times_each_sample_with_the_workers_stopped(benchmarks, worker, monkeypatch):
+    psr, stages = benchmarks
+    seen = []
+    real = psr.timed_rates
+
+    def spy(calls, seconds, **kw):
+        seen.append(_stopped_soon(worker))
+        return real(calls, seconds, **kw)
+
+    monkeypatch.setattr(psr, "timed_rates", spy)
+    probe = psr.FloorDuringRun(stages.stages([32], 1, 1), [worker], every=0.01, seconds=0.005)
+    _run_probe(probe, lambda: min(map(len, probe.samples)) >= 2)
+    assert min(map(len, probe.samples)) >= 2 and all(seen)
+    assert _state(worker) != "T"
+    assert probe.stopped_s > 0
+    # the stages take turns, and each one's minutes are the mean of its samples' step times
+    products, adam = probe.minutes()
+    for smp, (_, steps), p, a in zip(probe.samples, probe.calls, products, adam):
+        assert p == pytest.approx(sum(s[0] for s in smp) / len(smp) * steps / 60)
+        assert a == pytest.approx(sum(s[1] for s in smp) / len(smp) * steps / 60)
+    assert abs(len(probe.samples[0]) - len(probe.samples[1])) <= 1
+
+
+def test_floor_during_run_lets_the_workers_go_on_when_a_sample_fails(benchmarks, worker, monkeypatch):
+    psr, stages = benchmarks
+
+    seen = []
+
+    def fails(calls, seconds, **kw):
+        seen.append(_stopped_soon(worker))
+        raise RuntimeError("a sample that failed")
+
+    monkeypatch.setattr(psr, "timed_rates", fails)
+    monkeypatch.setattr("threading.excepthook", lambda args: None)  # the thread's exception, expected
+    probe = psr.FloorDuringRun(stages.stages([32], 1, 0), [worker], every=0.01, seconds=0.005)
+    _run_probe(probe, lambda: False)
+    assert seen == [True] and not probe.is_alive() and probe.minutes() is None
+    assert _state(worker) != "T"
