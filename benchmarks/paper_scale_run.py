@@ -14,12 +14,17 @@ baselines last.
 
     python benchmarks/paper_scale_run.py [--runs /tmp/paper-scale] [--workers 2] [--seed 0]
         [--bits 128 64 32] [--e2-epochs 200] [--e1-epochs 50] [--split measure|workers] [--reuse-cache]
+        [--probe-every 15]
 
 Needs the data root (``RSGH_DATA`` or ``--data-root``) and a fresh ``--runs`` folder (finished
 runs there are reused, so a second call only measures what is left). A toy run to try it:
 ``--bits 32 --e2-epochs 1 --e1-epochs 1 --reuse-cache``. Ends with ``run_vs_floor=<ratio>``: the
-run's wall time over the floor's (the same stages' products, scheduled on the same cores), and
-``run_vs_floor_with_adam=<ratio>``: over the products plus the optimizer's pass (``stages.adam_pass``).
+run's wall time over the floor's (the same stages' products, scheduled on the same cores; the faster
+of two measurements, before and after the run), and ``run_vs_floor_with_adam=<ratio>``: over the
+products plus the optimizer's pass (``stages.adam_pass``). Then ``run_vs_floor_during=<ratio>`` and
+``run_vs_floor_during_with_adam=<ratio>``: the same against the floor sampled during the training
+(``FloorDuringRun``; ``--probe-every 0`` turns it off), with the workers' stopped time taken off the
+run's wall time.
 """
 
 import argparse
