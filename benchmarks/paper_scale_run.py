@@ -42,13 +42,22 @@ from rsgh.train.step import makespan, timed_rates
 from stages import adam_pass, floor_step, stage_setup, stages  # benchmarks/ is on sys.path
 
 
-def floor_minutes(stage_list, seconds: float) -> tuple[list[float], list[float]]:
-    """Minutes of each stage's products (``gemm_floor.py``'s floor) and of its optimizer's pass
-    (``stages.adam_pass``), one thread, the pair of each stage, timed in turns."""
-    products_min, adam_min = [], []
-    for name, presets, overrides, dim, items, epochs in stage_list:
+def floor_calls(stage_list) -> list[tuple[dict, int]]:
+    """For each stage: the functions doing its pair's products (``gemm_floor.py``'s floor) and its
+    optimizer's pass (``stages.adam_pass``), as {"floor", "adam"}, and the training steps of each model."""
+    out = []
+    for _, presets, overrides, dim, items, epochs in stage_list:
         cfgs, steps = stage_setup(presets, overrides, items, epochs)
-        rates = timed_rates({"floor": floor_step(cfgs, dim)[0], "adam": adam_pass(cfgs, dim)}, seconds)[0]
+        out.append(({"floor": floor_step(cfgs, dim)[0], "adam": adam_pass(cfgs, dim)}, steps))
+    return out
+
+
+def floor_minutes(stage_list, seconds: float) -> tuple[list[float], list[float]]:
+    """Minutes of each stage's products and of its optimizer's pass (:func:`floor_calls`), one
+    thread, timed in turns."""
+    products_min, adam_min = [], []
+    for calls, steps in floor_calls(stage_list):
+        rates = timed_rates(calls, seconds)[0]
         products_min.append(steps / rates["floor"] / 60)
         adam_min.append(steps / rates["adam"] / 60)
     return products_min, adam_min
@@ -65,10 +74,7 @@ class FloorDuringRun(threading.Thread):
 
     def __init__(self, stage_list, pids, every: float, seconds: float):
         super().__init__(daemon=True)
-        self.calls = []
-        for _, presets, overrides, dim, items, epochs in stage_list:
-            cfgs, steps = stage_setup(presets, overrides, items, epochs)
-            self.calls.append(({"floor": floor_step(cfgs, dim)[0], "adam": adam_pass(cfgs, dim)}, steps))
+        self.calls = floor_calls(stage_list)
         self.pids, self.every, self.seconds = list(pids), every, seconds
         self.samples = [[] for _ in stage_list]  # per stage: (seconds a step of products, of Adam's pass)
         self.stopped_s, self.done = 0.0, threading.Event()
@@ -94,13 +100,21 @@ class FloorDuringRun(threading.Thread):
         machine's mean speed over the run), or None before every stage has two samples."""
         if min(map(len, self.samples)) < 2:
             return None
-        products = [statistics.fmean(s[0] for s in smp) * steps / 60 for smp, (_, steps) in zip(self.samples, self.calls)]
-        adam = [statistics.fmean(s[1] for s in smp) * steps / 60 for smp, (_, steps) in zip(self.samples, self.calls)]
-        return products, adam
+        means = [self._means(smp) for smp in self.samples]
+        return ([m[0] * steps / 60 for m, (_, steps) in zip(means, self.calls)],
+                [m[1] * steps / 60 for m, (_, steps) in zip(means, self.calls)])
 
     def spread(self) -> str:
-        per_step = [s[0] / statistics.fmean(x[0] for x in smp) for smp in self.samples for s in smp]
+        per_step = []
+        for smp in self.samples:
+            mean = self._means(smp)[0]
+            per_step += [s[0] / mean for s in smp]
         return f"{min(per_step):.2f} to {max(per_step):.2f} times its mean"
+
+    @staticmethod
+    def _means(samples) -> tuple[float, float]:
+        """The mean seconds a step of the products and of Adam's pass, over a stage's samples."""
+        return statistics.fmean(s[0] for s in samples), statistics.fmean(s[1] for s in samples)
 
 
 def main():
