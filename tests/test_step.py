@@ -133,7 +133,6 @@ def test_submit_runs_deals_the_groups_longest_part_first(tmp_path, monkeypatch):
     assert client.submitted == [([0, 2], 0), ([1, 3], 0), ([0], 0), ([1], 0)]
 
 
-
 def test_submit_runs_measures_and_deals_the_unfinished_runs_of_a_group(tmp_path, monkeypatch):
     """A group with finished runs: the split is measured for its unfinished models only, they are dealt
     first (one to each part), and the finished ones follow in the same parts."""
@@ -154,6 +153,7 @@ def test_submit_runs_measures_and_deals_the_unfinished_runs_of_a_group(tmp_path,
     schedule.submit_runs(client, runs, runtime=Runtime(progress=False, group_split="measure"))
     assert measured == [[2, 3]]
     assert client.submitted == [([2, 0], 30), ([3, 1], 20)]
+
 
 @pytest.mark.slow
 def test_compiled_step_called_directly_equals_dynamo_bit_for_bit(monkeypatch):

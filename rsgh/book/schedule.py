@@ -141,8 +141,8 @@ def submit_runs(client, runs: Sequence[tuple[Config, Path]], data_root=None, run
     jobs = []
     for i, g in enumerate(groups):
         k, seconds = plan.get(i, (parts or workers, None))
-        for i, part in enumerate(g[j::k] for j in range(min(k, len(g)))):
-            jobs.append((seconds[i] if seconds and i < len(seconds) else 0.0, part))
+        for n, part in enumerate(g[j::k] for j in range(min(k, len(g)))):
+            jobs.append((seconds[n] if seconds and n < len(seconds) else 0.0, part))
     out = []
     for seconds, part in sorted(jobs, key=lambda j: -j[0]):  # longest first (a stable sort: else as given)
         out.append((part, client.submit(train_part, [c for c, _ in part], [str(p) for _, p in part], data_root,
