@@ -6,11 +6,11 @@ cluster of ``--workers`` processes): CIFAR-10 decoded and its GIST features comp
 feature cache, so that they are part of the time), embodiment 2 at 128, 64 and 32 bits (SGH and
 R-SGH, 200 epochs, with their evaluations and test-query retrieval results) and its classic
 baselines at the three code lengths, and embodiment 1 (SGH and R-SGH, 50 epochs). The training goes
-through ``rsgh.book.schedule.submit_runs``, as the book's pages train: each stage's split (one
-lock-step group, or its models in parallel processes) is chosen from a short measurement of the
-compiled step (``Runtime.group_split='measure'``, which the paper-scale pages get by default; the
-measurement is part of the time), all parts go to the cluster at once, longest first, and the
-baselines last.
+through ``rsgh.book.schedule``, as the book's pages train: each stage's split (one lock-step group,
+or its models in parallel processes) is chosen from a short measurement of the compiled step
+(``Runtime.group_split='measure'``, which the paper-scale pages get by default; the measurement is
+part of the time, ``plan_parts``), and the parts go to the workers longest first, each when a worker
+is free (``in_turn``), the baselines last.
 
     python benchmarks/paper_scale_run.py [--runs /tmp/paper-scale] [--workers 2] [--seed 0]
         [--bits 128 64 32] [--e2-epochs 200] [--e1-epochs 50] [--split measure|workers] [--reuse-cache]
@@ -28,6 +28,7 @@ run's wall time.
 """
 
 import argparse
+import functools
 import os
 import signal
 import statistics
@@ -163,24 +164,29 @@ def main():
     runtime = Runtime(progress=False, compile_step=True, device="cpu", threads=1, group_split=args.split)
     runs = [(c, runs_dir / ("e1" if c.task == "reconstruction" else "e2") / c.run_name()) for c in e2 + e1]
     client = schedule.get_client()
-    futures = [f for _, f in schedule.submit_runs(client, runs, args.data_root, runtime, progress=True)]
-    mark("split chosen and the parts submitted" if args.split == "measure" else "parts submitted")
+    todo = schedule.plan_parts(client, runs, args.data_root, runtime, progress=True)
+    mark("split chosen" if args.split == "measure" else "split dealt")
+    # the baselines last, when a worker is free, as one more task in the same turn as the parts
+    calls = [schedule.part_call(part, args.data_root, runtime) for part in todo]
+    calls.append((functools.partial(experiments.baselines_table, cache=False), e2[0], sorted(args.bits),
+                  [args.seed], args.data_root))
     probe = None
     if args.probe_every > 0:
         probe = FloorDuringRun(stage_list, client.run(os.getpid).values(), args.probe_every, 0.1)
         probe.start()
-    baselines = client.submit(experiments.baselines_table, e2[0], sorted(args.bits), [args.seed], args.data_root,
-                              cache=False, pure=False, priority=-1)
+    ended = {}
     try:
-        for f in futures:
-            f.result()
+        for i, future in schedule.in_turn(client, calls):
+            future.result()
+            ended[i] = time.time()
     finally:  # never leave the workers stopped
         if probe is not None:
             probe.done.set()
             probe.join()
-    mark("training with evaluations (all stages)")
-    baselines.result()
-    mark("baselines (on the cluster, when a worker was free; after the training)")
+    training_end = max(t for i, t in ended.items() if i < len(todo))
+    print(f"training with evaluations (all stages): {training_end - marks[-1][1]:.0f} s", flush=True)
+    print(f"baselines (the last task, on the first free worker; ended after the training): "
+          f"{max(0.0, ended[len(todo)] - training_end):.0f} s", flush=True)
     wall = time.time() - t0
     floor_after, adam_after = floor_minutes(stage_list, args.seconds)
     floor = [min(a, b) for a, b in zip(floor_before, floor_after)]  # the faster of the two measurements

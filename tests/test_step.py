@@ -1,6 +1,8 @@
 """The training step's speed work: the compiled graph called without dynamo, batches and noise drawn
 ahead, and the split of a stage chosen from measured rates. Each must leave the results as they were."""
 
+import time
+
 import pandas as pd
 import pytest
 import torch
@@ -91,49 +93,46 @@ def test_measured_splits_follow_the_measured_rates(monkeypatch):
 
 
 class _Client:
-    """Just enough of a Dask client to see what submit_runs submits."""
+    """Just enough of a Dask client for plan_parts."""
 
     def __init__(self, workers):
-        self.workers, self.submitted = workers, []
+        self.workers = workers
 
     def scheduler_info(self, n_workers=-1):
         return {"workers": dict.fromkeys(range(self.workers))}
 
-    def submit(self, fn, configs, dirs, data_root, runtime, pure, resources, priority):
-        self.submitted.append(([c.seed for c in configs], priority))
-        return None
+
+def seeds(parts):
+    return [[c.seed for c, _ in part] for part in parts]
 
 
-def test_submit_runs_deals_the_groups_longest_part_first(tmp_path, monkeypatch):
-    """Measured: each group dealt into its chosen parts (interleaved), the longest part submitted first
-    with the highest priority; 'workers': one part per worker, in the order given, with no measurement."""
+def test_plan_parts_deals_the_groups_longest_part_first(tmp_path, monkeypatch):
+    """Measured: each group dealt into its chosen parts (interleaved), the longest part first;
+    'workers': one part per worker, in the order given, with no measurement."""
     short = [make_config("e2-sgh", dict(bits=32, seed=s)) for s in range(4)]
     long = [make_config("e2-sgh", dict(bits=128, seed=s)) for s in range(2)]
     runs = [(c, tmp_path / c.run_name()) for c in short + long]
     monkeypatch.setattr(schedule, "_steps", lambda cfg, data_root: (512, 1000))
     monkeypatch.setattr(schedule, "measured_splits", lambda groups, workers, runtime: [
-        {32: (2, [30.0, 30.0]), 128: (1, [100.0])}[cfgs[0].bits] for cfgs, _, _ in groups])
-    client = _Client(2)
-    schedule.submit_runs(client, runs, runtime=Runtime(progress=False, group_split="measure"))
-    assert client.submitted == [([0, 1], 100), ([0, 2], 30), ([1, 3], 30)]
-    client = _Client(2)
-    schedule.submit_runs(client, runs, runtime=Runtime(progress=False, group_split="workers"))
-    assert client.submitted == [([0, 2], 0), ([1, 3], 0), ([0], 0), ([1], 0)]
+        {32: (2, [30.0, 20.0]), 128: (1, [100.0])}[cfgs[0].bits] for cfgs, _, _ in groups])
+    plan = schedule.plan_parts(_Client(2), runs, runtime=Runtime(progress=False, group_split="measure"))
+    assert seeds(plan) == [[0, 1], [0, 2], [1, 3]] and [c.bits for c, _ in plan[0]] == [128, 128]
+    plan = schedule.plan_parts(_Client(2), runs, runtime=Runtime(progress=False, group_split="workers"))
+    assert seeds(plan) == [[0, 2], [1, 3], [0], [1]]
     client = _Client(2)  # 'auto': 6,000 model-steps in all, far below the threshold: not measured
     client.cluster = "local"
-    schedule.submit_runs(client, runs, runtime=Runtime(progress=False, device="cpu"))
-    assert client.submitted == [([0, 2], 0), ([1, 3], 0), ([0], 0), ([1], 0)]
+    assert seeds(schedule.plan_parts(client, runs, runtime=Runtime(progress=False, device="cpu"))) == [
+        [0, 2], [1, 3], [0], [1]]
     monkeypatch.setattr(schedule, "_steps", lambda cfg, data_root: (512, 100_000))
-    client = _Client(2)  # 'auto', 600,000 model-steps: measured on a local cluster
-    client.cluster = "local"
-    schedule.submit_runs(client, runs, runtime=Runtime(progress=False, device="cpu"))
-    assert client.submitted == [([0, 1], 100), ([0, 2], 30), ([1, 3], 30)]
-    client = _Client(2)  # ... not on a cluster of its own (the workers may be other machines)
-    schedule.submit_runs(client, runs, runtime=Runtime(progress=False, device="cpu"))
-    assert client.submitted == [([0, 2], 0), ([1, 3], 0), ([0], 0), ([1], 0)]
+    # 'auto', 600,000 model-steps: measured on a local cluster
+    assert seeds(schedule.plan_parts(client, runs, runtime=Runtime(progress=False, device="cpu"))) == [
+        [0, 1], [0, 2], [1, 3]]
+    # ... not on a cluster of its own (the workers may be other machines)
+    assert seeds(schedule.plan_parts(_Client(2), runs, runtime=Runtime(progress=False, device="cpu"))) == [
+        [0, 2], [1, 3], [0], [1]]
 
 
-def test_submit_runs_measures_and_deals_the_unfinished_runs_of_a_group(tmp_path, monkeypatch):
+def test_plan_parts_measures_and_deals_the_unfinished_runs_of_a_group(tmp_path, monkeypatch):
     """A group with finished runs: the split is measured for its unfinished models only, they are dealt
     first (one to each part), and the finished ones follow in the same parts."""
     cfgs = [make_config("e2-sgh", dict(bits=32, seed=s)) for s in range(4)]
@@ -146,13 +145,37 @@ def test_submit_runs_measures_and_deals_the_unfinished_runs_of_a_group(tmp_path,
 
     def plan(groups, workers, runtime):
         measured.extend([c.seed for c in g] for g, _, _ in groups)
-        return [(2, [30.0, 20.0])]
+        return [(2, [20.0, 30.0])]
     monkeypatch.setattr(schedule, "_steps", lambda cfg, data_root: (512, 1000))
     monkeypatch.setattr(schedule, "measured_splits", plan)
-    client = _Client(2)
-    schedule.submit_runs(client, runs, runtime=Runtime(progress=False, group_split="measure"))
+    assert seeds(schedule.plan_parts(_Client(2), runs, runtime=Runtime(progress=False, group_split="measure"))) == [
+        [3, 1], [2, 0]]
     assert measured == [[2, 3]]
-    assert client.submitted == [([2, 0], 30), ([3, 1], 20)]
+
+
+def _sleep_and_time(seconds):
+    start = time.perf_counter()
+    time.sleep(seconds)
+    return start, time.perf_counter()
+
+
+def test_in_turn_starts_each_task_when_a_worker_is_free_in_the_order_given():
+    """On a real cluster of two single-thread workers: each task starts in the order given, never more
+    than two at once, so that the parts end as early as the order allows (Dask's priorities alone
+    let the 0.2-s tasks go before the 0.6-s one and end after up to 1.6 s)."""
+    from distributed import Client, LocalCluster
+
+    seconds = [1.0, 0.2, 0.6, 0.2, 0.1]
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        t0 = time.perf_counter()
+        done = {i: f.result() for i, f in schedule.in_turn(client, [(_sleep_and_time, s) for s in seconds])}
+    starts = [done[i][0] - t0 for i in range(len(seconds))]
+    assert sorted(done) == list(range(len(seconds)))
+    assert all(a <= b + 0.05 for a, b in zip(starts, starts[1:])), starts
+    for i, (start, _) in done.items():  # at most two tasks at any moment
+        assert sum(s <= start + 1e-3 < e for s, e in done.values()) <= 2
+    assert max(e for _, e in done.values()) - t0 < 1.4  # the order's makespan: 1.1 s
 
 
 @pytest.mark.slow
