@@ -74,22 +74,50 @@ def test_step_rate_measures_the_group_and_measured_splits_restore_the_threads():
     finally:
         torch.set_num_threads(1)
     assert parts in (1, 2) and len(seconds) == parts and min(seconds) > 0
+    rates, warm = step.stage_rates(configs, 20, [1, 2], Runtime(progress=False, device="cpu"), seconds=0.05)
+    assert sorted(rates) == sorted(warm) == [1, 2] and min(rates.values()) > 0 and min(warm.values()) > 0
+
+
+def test_stage_rates_times_the_sizes_in_turns_in_model_steps(monkeypatch):
+    """The sizes' steps are timed together (in turns), and a group's steps/s count its models."""
+    timed = []
+
+    def fake(calls, seconds, device, warmup):
+        timed.append((sorted(calls), seconds, warmup))
+        return {size: 100.0 for size in calls}, 0.0
+    monkeypatch.setattr(step, "timed_rates", fake)
+    configs = [make_config(None, dict(c.to_dict(), hidden_layers=1)) for c in cfgs()]
+    rates, _ = step.stage_rates(configs, 20, [1, 2], Runtime(progress=False, device="cpu"), seconds=0.3, warmup=2)
+    assert timed == [([1, 2], 0.3, 0)] and rates == {1: 100.0, 2: 200.0}
 
 
 def test_measured_splits_follow_the_measured_rates(monkeypatch):
     """The rates measured (here given: model-steps/s by group size, 0.5 s of warm-up) decide the split
-    and the parts' seconds. Two equally long stages: each pair on a core of its own (1,667 and 1,053 s)
-    beats splitting either (2,001 s at best), although a lone model of the first is nearly as fast as
-    a pair."""
+    and the parts' seconds, measured here or on a cluster's workers. Two equally long stages: each pair
+    on a core of its own (1,667 and 1,053 s) beats splitting either (2,001 s at best), although a lone
+    model of the first is nearly as fast as a pair."""
+    from distributed import Client, LocalCluster
+
     given = {128: {2: 1.2, 1: 1.0}, 32: {2: 1.9, 1: 1.0}}
-    monkeypatch.setattr(step, "step_rate", lambda configs, dim, runtime, seconds: (
-        given[configs[0].bits][len(configs)], 0.5))
+    measured = []
+
+    def rates(configs, dim, sizes, runtime, seconds):
+        measured.append((configs[0].bits, sizes))
+        return {s: given[configs[0].bits][s] for s in sizes}, dict.fromkeys(sizes, 0.5)
+    monkeypatch.setattr(step, "stage_rates", rates)
     groups = [([make_config("e2-sgh", dict(bits=b)), make_config("e2-rsgh", dict(bits=b))], 512, 1000) for b in given]
-    plan = schedule.measured_splits(groups, 2, Runtime(progress=False, device="cpu"))
+    runtime = Runtime(progress=False, device="cpu")
+    plan = schedule.measured_splits(groups, 2, runtime)
+    assert measured == [(128, [1, 2]), (32, [1, 2])]
     assert [p for p, _ in plan] == [1, 1]
     assert plan[0][1] == pytest.approx([2000 / 1.2 + 0.5]) and plan[1][1] == pytest.approx([2000 / 1.9 + 0.5])
-    given[32] = {2: 1.9, 1: 1.9}  # lone models of the second stage as fast as its pair: both split (1,527 s)
-    assert [p for p, _ in schedule.measured_splits(groups, 2, Runtime(progress=False, device="cpu"))] == [2, 2]
+    # on two workers (threads of this process, so that they see the given rates), each stage on one
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        assert schedule.measured_splits(groups, 2, runtime, client=client) == plan
+        given[32] = {2: 1.9, 1: 1.9}  # lone models of the second stage as fast as its pair: both split (1,527 s)
+        assert [p for p, _ in schedule.measured_splits(groups, 2, runtime, client=client)] == [2, 2]
+    assert sorted(measured[2:]) == [(32, [1, 2]), (32, [1, 2]), (128, [1, 2]), (128, [1, 2])]
 
 
 class _Client:
@@ -113,7 +141,7 @@ def test_plan_parts_deals_the_groups_longest_part_first(tmp_path, monkeypatch):
     long = [make_config("e2-sgh", dict(bits=128, seed=s)) for s in range(2)]
     runs = [(c, tmp_path / c.run_name()) for c in short + long]
     monkeypatch.setattr(schedule, "_steps", lambda cfg, data_root: (512, 1000))
-    monkeypatch.setattr(schedule, "measured_splits", lambda groups, workers, runtime: [
+    monkeypatch.setattr(schedule, "measured_splits", lambda groups, workers, runtime, client: [
         {32: (2, [30.0, 20.0]), 128: (1, [100.0])}[cfgs[0].bits] for cfgs, _, _ in groups])
     plan = schedule.plan_parts(_Client(2), runs, runtime=Runtime(progress=False, group_split="measure"))
     assert seeds(plan) == [[0, 1], [0, 2], [1, 3]] and [c.bits for c, _ in plan[0]] == [128, 128]
@@ -143,7 +171,7 @@ def test_plan_parts_measures_and_deals_the_unfinished_runs_of_a_group(tmp_path, 
         (path / "model.pt").write_bytes(b"")
     measured = []
 
-    def plan(groups, workers, runtime):
+    def plan(groups, workers, runtime, client):
         measured.extend([c.seed for c in g] for g, _, _ in groups)
         return [(2, [20.0, 30.0])]
     monkeypatch.setattr(schedule, "_steps", lambda cfg, data_root: (512, 1000))

@@ -156,9 +156,9 @@ def plan_parts(client, runs: Sequence[tuple[Config, Path]], data_root=None, runt
     where it ends in any group (``tests/test_group.py``), so the results do not depend on the split.
     With ``runtime.group_split`` 'measure' (or 'auto', a local cluster of CPU workers and a group of
     100,000 model-steps or more) the split of every group with unfinished runs is chosen together
-    from a short measurement of the step here (:func:`measured_splits`) and the parts are ordered
-    longest first; else each group is dealt into one part per worker (``parts`` overrides both), in
-    the order given."""
+    from a short measurement of the step on the workers (:func:`measured_splits`) and the parts are
+    ordered longest first; else each group is dealt into one part per worker (``parts`` overrides
+    both), in the order given."""
     from ..train.rundir import RunDir
 
     # each group's unfinished runs first: the split is measured and dealt for them; the finished ones
@@ -172,7 +172,7 @@ def plan_parts(client, runs: Sequence[tuple[Config, Path]], data_root=None, runt
     local = getattr(client, "cluster", None) is not None
     if parts is None and todo and _measure(list(todo.values()), runtime, data_root, local):
         shapes = [([c for c, _ in u], *_steps(u[0][0], data_root)) for u in todo.values()]
-        for (i, u), chosen in zip(todo.items(), measured_splits(shapes, workers, runtime)):
+        for (i, u), chosen in zip(todo.items(), measured_splits(shapes, workers, runtime, client=client)):
             plan[i] = chosen
             if progress:
                 cfg = u[0][0]
@@ -195,8 +195,8 @@ def _steps(cfg: Config, data_root) -> tuple[int, int]:
 
 
 def _measure(groups, runtime: Runtime, data_root, local: bool) -> bool:
-    """``group_split`` 'measure', or 'auto' on a local cluster of CPU workers (this process measures
-    what its workers will run) where some group trains MEASURE_FROM model-steps or more (a training
+    """``group_split`` 'measure', or 'auto' on a local cluster of CPU workers (alike: what one measures
+    holds for all) where some group trains MEASURE_FROM model-steps or more (a training
     given in iterations is counted without loading its data)."""
     if runtime.group_split != "auto":
         return runtime.group_split == "measure"
@@ -210,26 +210,43 @@ def _measure(groups, runtime: Runtime, data_root, local: bool) -> bool:
 
 
 def measured_splits(groups: Sequence[tuple[Sequence[Config], int, int]], workers: int, runtime: Runtime,
-                    seconds: float = 1.5) -> list[tuple[int, list[float]]]:
+                    seconds: float = 1.5, client=None) -> list[tuple[int, list[float]]]:
     """For each lock-step group, given as (its configurations, input dimension, training steps), the
     number of parts to deal it into and each part's expected seconds: the model-steps/s and warm-up
-    (compilation) of the step at each candidate group size measured here, one size after the other
-    for about ``seconds`` each (``rsgh.train.step.step_rate``), then the split of all groups together
-    that finishes first on ``workers`` processes (``rsgh.train.step.best_splits``)."""
+    (compilation) of the step at each candidate group size, the sizes timed in turns for about
+    ``seconds`` each (:func:`measure_stage`), then the split of all groups together that finishes
+    first on ``workers`` processes (``rsgh.train.step.best_splits``). With a ``client``, each group is
+    measured on a worker, several at once (:func:`in_turn`); else here, one after the other."""
+    from ..train import step
+
+    jobs = [(list(cfgs), dim, sorted({step.part_sizes(len(cfgs), p)[0] for p in step.candidate_parts(len(cfgs), workers)}),
+             runtime, seconds) for cfgs, dim, _ in groups]
+    if client is None:
+        measured = [measure_stage(*job) for job in jobs]
+    else:
+        measured = [None] * len(jobs)
+        for i, future in in_turn(client, [(measure_stage, *job, True) for job in jobs], resources(runtime)):
+            measured[i] = future.result()
+    stages = [(len(cfgs), steps, *m) for (cfgs, _, steps), m in zip(groups, measured)]
+    return [(p, step.part_durations(*st[:2], p, *st[2:])) for st, p in zip(stages, step.best_splits(stages, workers))]
+
+
+def measure_stage(configs: list[Config], input_dim: int, sizes: list[int], runtime: Runtime, seconds: float,
+                  on_worker: bool = False) -> tuple[dict, dict]:
+    """({size: model-steps/s}, {size: warm-up seconds}) of a stage's step at group ``sizes``
+    (``rsgh.train.step.stage_rates``); ``on_worker``: a Dask task, in a worker set up to train
+    (:func:`tune_worker_process`), else here, with this process's thread count left as it was."""
     import torch
 
     from ..train import step
 
-    threads, stages = torch.get_num_threads(), []
+    if on_worker:
+        tune_worker_process(runtime.threads)
+    threads = torch.get_num_threads()
     try:
-        for cfgs, dim, steps in groups:
-            rates, warm = {}, {}
-            for size in sorted({step.part_sizes(len(cfgs), p)[0] for p in step.candidate_parts(len(cfgs), workers)}):
-                rates[size], warm[size] = step.step_rate(list(cfgs[:size]), dim, runtime, seconds)
-            stages.append((len(cfgs), steps, rates, warm))
+        return step.stage_rates(configs, input_dim, sizes, runtime, seconds)
     finally:
-        torch.set_num_threads(threads)  # step_rate sets the runtime's
-    return [(p, step.part_durations(*st[:2], p, *st[2:])) for st, p in zip(stages, step.best_splits(stages, workers))]
+        torch.set_num_threads(threads)  # stage_rates sets the runtime's
 
 
 def tune_worker_process(threads: int = 1) -> None:

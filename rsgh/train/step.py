@@ -271,6 +271,26 @@ def step_rate(configs, input_dim: int, runtime=None, seconds: float = 2.0, warmu
     return len(configs) * rate, warm
 
 
+def stage_rates(configs, input_dim: int, sizes, runtime=None, seconds: float = 1.5,
+                warmup: int = 20) -> tuple[dict[int, float], dict[int, float]]:
+    """({size: model-steps per second}, {size: seconds of warm-up}) of lock-step groups of the first
+    ``size`` of ``configs`` for each of ``sizes``, as :func:`step_rate` measures one, but timed in turns
+    (:func:`timed_rates`), so that the sizes share the machine's drift and are compared fairly."""
+    import time
+
+    calls, warm, device = {}, {}, None
+    for size in sizes:
+        calls[size], device = group_step(list(configs[:size]), input_dim, runtime)
+        t0 = time.perf_counter()
+        for _ in range(warmup):  # compiles a compiled step
+            calls[size]()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        warm[size] = time.perf_counter() - t0
+    rates = timed_rates(calls, seconds, device, warmup=0)[0]
+    return {size: len(configs[:size]) * rate for size, rate in rates.items()}, warm
+
+
 def group_step(configs, input_dim: int, runtime=None) -> tuple[Callable[[], None], torch.device]:
     """(a function doing one training step of a lock-step group of ``configs`` on random inputs of
     their shape, the device), with ``runtime``'s device, threads and step, for timing."""
