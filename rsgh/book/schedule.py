@@ -219,8 +219,10 @@ def measured_splits(groups: Sequence[tuple[Sequence[Config], int, int]], workers
     measured on a worker, several at once (:func:`in_turn`); else here, one after the other."""
     from ..train import step
 
-    jobs = [(list(cfgs), dim, sorted({step.part_sizes(len(cfgs), p)[0] for p in step.candidate_parts(len(cfgs), workers)}),
-             runtime, seconds) for cfgs, dim, _ in groups]
+    def sizes(cfgs):  # the largest group of each candidate split
+        return sorted({step.part_sizes(len(cfgs), p)[0] for p in step.candidate_parts(len(cfgs), workers)})
+
+    jobs = [(list(cfgs), dim, sizes(cfgs), runtime, seconds) for cfgs, dim, _ in groups]
     if client is None:
         measured = [measure_stage(*job) for job in jobs]
     else:
