@@ -266,16 +266,15 @@ def step_rate(configs, input_dim: int, runtime=None, seconds: float = 2.0, warmu
     inputs of their shape, with ``runtime``'s device, threads and step (the warm-up, which compiles a
     compiled step, is not in the rate). Timed in rounds of 10 steps for about ``seconds``; the rate
     is that of the median round, so that a busy machine's pauses count less."""
-    call, device = group_step(configs, input_dim, runtime)
-    rate, warm = timed_rate(call, seconds, device, warmup)
-    return len(configs) * rate, warm
+    rates, warm = stage_rates(configs, input_dim, [len(configs)], runtime, seconds, warmup)
+    return rates[len(configs)], warm[len(configs)]
 
 
 def stage_rates(configs, input_dim: int, sizes, runtime=None, seconds: float = 1.5,
                 warmup: int = 20) -> tuple[dict[int, float], dict[int, float]]:
     """({size: model-steps per second}, {size: seconds of warm-up}) of lock-step groups of the first
-    ``size`` of ``configs`` for each of ``sizes``, as :func:`step_rate` measures one, but timed in turns
-    (:func:`timed_rates`), so that the sizes share the machine's drift and are compared fairly."""
+    ``size`` of ``configs`` for each of ``sizes``, as :func:`step_rate` gives for one, the sizes timed in
+    turns (:func:`timed_rates`), so that they share the machine's drift and are compared fairly."""
     import time
 
     calls, warm, device = {}, {}, None
