@@ -56,3 +56,22 @@ def test_mean_abs_correlation_edge_cases():
     assert np.isnan(mean_abs_correlation(np.array([[0, 1], [1, 1]])))  # one varying bit: no pair
     with pytest.raises(ValueError, match="codes of 0 and 1"):
         mean_abs_correlation(np.full((3, 3), 0.5))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_hash_refuses_every_input_that_is_not_finite_and_counts_its_rows(bad):
+    """The finiteness check (a sum first) against numpy's isfinite: any NaN or infinity, also beside
+    values of the other sign or ones whose sum overflows, is refused with the count of bad rows, and
+    finite inputs whose sum overflows float32 are hashed."""
+    model = HashModel(30, 8, seeds=[0])
+    x = torch.full((50, 30), 3e38)  # finite, but their sum is inf
+    assert np.isfinite(x.numpy()).all() and not torch.isfinite(x.sum())
+    assert model.hash(x).shape == (1, 50, 8)
+    for other in (0.0, 3e38, -3e38, -bad):
+        y = torch.full((50, 30), other)
+        y[[3, 7, 7], [0, 29, 5]] = bad
+        if other == -bad:
+            y[11, 2] = other  # rows 3 and 7 hold `bad`, row 11 its opposite: 3 bad rows
+        expected = int((~np.isfinite(y.numpy())).any(1).sum())
+        with pytest.raises(ValueError, match=f"^{expected} input row"):
+            model.hash(y)

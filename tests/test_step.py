@@ -258,3 +258,25 @@ def test_gpu_check_dry_run_passes_and_writes_its_results(tmp_path):
     assert "3 passed" in (results / "tests.log").read_text()
     assert "model-steps/s" in (results / "throughput.log").read_text()
     assert {"summary.json", "retrieval.json"} <= {p.name for p in (results / "e2-k64" / "rsgh").iterdir()}
+
+
+@pytest.mark.slow
+def test_the_local_cluster_workers_run_without_dask_periodic_chores(monkeypatch):
+    """The workers of the local cluster get the QUIET settings (no statistical profiler, slow ticks and
+    monitors; a DASK_* variable set in this process after Dask's import never reached them), a setting
+    of the user's own is kept, and this process's configuration is left as it was."""
+    import dask
+    import distributed  # noqa: F401 (its defaults join Dask's configuration before the user's setting)
+
+    monkeypatch.setenv("RSGH_WORKERS", "1")
+    monkeypatch.delenv("RSGH_SCHEDULER", raising=False)
+    schedule._close()
+    try:
+        with dask.config.set({"distributed.admin.tick.interval": "50ms"}):
+            client = schedule.get_client()
+        (seen,) = client.run(lambda: {k: dask.config.get(k) for k in schedule.QUIET}).values()
+        assert seen == dict(schedule.QUIET, **{"distributed.admin.tick.interval": "50ms"})
+        assert seen["distributed.worker.profile.enabled"] is False
+        assert dask.config.get("distributed.worker.profile.enabled") is True  # here: Dask's default
+    finally:
+        schedule._close()
