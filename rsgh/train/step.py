@@ -275,17 +275,10 @@ def stage_rates(configs, input_dim: int, sizes, runtime=None, seconds: float = 1
     """({size: model-steps per second}, {size: seconds of warm-up}) of lock-step groups of the first
     ``size`` of ``configs`` for each of ``sizes``, as :func:`step_rate` gives for one, the sizes timed in
     turns (:func:`timed_rates`), so that they share the machine's drift and are compared fairly."""
-    import time
-
     calls, warm, device = {}, {}, None
     for size in sizes:
         calls[size], device = group_step(list(configs[:size]), input_dim, runtime)
-        t0 = time.perf_counter()
-        for _ in range(warmup):  # compiles a compiled step
-            calls[size]()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        warm[size] = time.perf_counter() - t0
+        warm[size] = warm_up([calls[size]], warmup, device)  # compiles a compiled step
     rates = timed_rates(calls, seconds, device, warmup=0)[0]
     return {size: len(configs[:size]) * rate for size, rate in rates.items()}, warm
 
@@ -325,6 +318,19 @@ def timed_rate(call, seconds: float, device=torch.device("cpu"), warmup: int = 2
     return rates["call"], warm
 
 
+def warm_up(calls, n: int, device=torch.device("cpu")) -> float:
+    """Seconds that ``n`` calls of each of ``calls`` take (on CUDA, until the device has finished)."""
+    import time
+
+    t0 = time.perf_counter()
+    for call in calls:
+        for _ in range(n):
+            call()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
 def timed_rates(calls: dict, seconds: float, device=torch.device("cpu"), warmup: int = 10) -> tuple[dict, float]:
     """(calls per second of each of ``calls``, name -> function; seconds of the ``warmup`` calls of
     each before), timed in turns: a round of 10 calls of each, again and again for about ``seconds``
@@ -340,12 +346,7 @@ def timed_rates(calls: dict, seconds: float, device=torch.device("cpu"), warmup:
     import time
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    t0 = time.perf_counter()
-    for call in calls.values():
-        for _ in range(warmup):
-            call()
-    sync()
-    warm, untimed = time.perf_counter() - t0, 3 if len(calls) > 1 else 0
+    warm, untimed = warm_up(calls.values(), warmup, device), 3 if len(calls) > 1 else 0
     rounds = {name: [] for name in calls}
     start = time.perf_counter()
     while time.perf_counter() - start < seconds * len(calls) or min(map(len, rounds.values())) < 5:
