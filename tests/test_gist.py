@@ -162,3 +162,30 @@ def test_feature_cache_is_keyed_on_the_code(tmp_path, monkeypatch):
     monkeypatch.setattr(features, "code_digest", lambda *m: "another-version")
     features.gist_features(images, "abc", progress=False)
     assert len(list((tmp_path / "features").glob("*.npy"))) == 2
+
+
+def test_threads_give_the_same_features_in_the_same_rows(batch, monkeypatch):
+    """Several threads (each chunk in a Python thread of its own), with the filters two at a time and a
+    last group of one (17 filters), give each image in its own row the features that one image alone
+    gets, in one thread with all 17 filters in one product; torch's thread count is restored afterwards."""
+    from rsgh.data import gist as gist_module
+
+    monkeypatch.setattr(gist_module, "_CPU_CHUNK_BYTES", 3 * 2**20)  # a few images a chunk: many chunks
+    kw = dict(orientations_per_scale=(8, 6, 3))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        monkeypatch.setattr(gist_module, "_CPU_FILTERS_AT_ONCE", 17)
+        gist_module._gabor_plan.cache_clear()
+        alone = np.concatenate([gist(batch[i:i + 1], **kw) for i in range(len(batch))])
+        monkeypatch.setattr(gist_module, "_CPU_FILTERS_AT_ONCE", 2)
+        gist_module._gabor_plan.cache_clear()
+        assert [len(K[0, 0, 0]) // 32 for K in gist_module._gabor_plan(32, 32, (8, 6, 3), 4, 32, "cpu", "dense").K] \
+            == [2] * 8 + [1]
+        torch.set_num_threads(3)
+        together = gist(batch, batch_size=7, **kw)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
+    assert together.shape == (len(batch), 17 * 16)
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-7)
