@@ -2,8 +2,9 @@
 
 - pixels scaled to [0, 1], or GIST-512 (``rsgh.data.gist``);
 - GIST of a whole collection is computed once and cached under ``cache_dir()/features/``, keyed by
-  the collection's checksum, the GIST parameters and the source of ``gist.py`` (a change of the code
-  is never masked by a stale file); a damaged cache file is detected, said, and rebuilt;
+  the collection's checksum, the GIST parameters and the source of ``gist.py`` and ``gist_bank.py``
+  (a change of the code is never masked by a stale file); a damaged cache file is detected, said, and
+  rebuilt;
 - feature scaling (none, center, standardize, whiten), fitted on the training set and saved with
   each run as ``feature_scaling.npz``, so that new images get exactly the training transform.
 """
@@ -72,6 +73,7 @@ def gist_features(images, checksum: str, image_size: tuple[int, int] | None = No
     """GIST-512 (float32, (N, 512)) of ``images`` (uint8 (N, H, W[, 3]) or a list of such
     arrays of mixed sizes when ``image_size`` is given), cached by ``checksum`` and parameters."""
     from . import gist as gist_module
+    from . import gist_bank
     from .gist import GistParams, gist
 
     params = GistParams()
@@ -88,7 +90,7 @@ def gist_features(images, checksum: str, image_size: tuple[int, int] | None = No
             return gist(resized, progress=progress)
         return gist(images, image_size=image_size, progress=progress)
 
-    return cached("gist", (checksum, params.key(), size_key, str(len(images)), code_digest(gist_module)), compute,
+    return cached("gist", (checksum, params.key(), size_key, str(len(images)), code_digest(gist_module, gist_bank)), compute,
                   shape=(len(images), params.n_features))
 
 

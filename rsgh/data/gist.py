@@ -46,12 +46,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .gist_bank import clean, gabor_bank, lowpass_matrix, pooling_matrix, symmetric_pad_index
+
 __all__ = ["GistParams", "gist", "gabor_bank", "prefilter", "block_average"]
 
-# Matrix entries smaller than this are set to zero: the Gabor transfer functions decay to
-# ~1e-300, and float32 subnormal numbers make CPU matrix products ~10x slower. The change is
-# far below float32 resolution.
-_TINY = 1e-30
 # Working-memory budget of one inner chunk of images (intermediate tensors): on a CPU about 250
 # images of 32 x 32 (the fastest of 32 to 1,024, in turns with 1 to 32 filters at a time).
 _CPU_CHUNK_BYTES = 48 * 2**20
@@ -117,81 +115,6 @@ def _is_int(v) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
-# Building blocks (numpy, float64; computed once per image size and cached)
-# ----------------------------------------------------------------------------------------------
-
-def symmetric_pad_index(n: int, pre: int, post: int) -> np.ndarray:
-    """Indices into a length-``n`` axis that MATLAB's ``padarray(x, .., 'symmetric')`` reads.
-
-    The edge sample is repeated (``x[1] x[0] | x[0] x[1] ... x[n-1] | x[n-1] x[n-2]``); padding
-    wider than ``n`` keeps mirroring, as MATLAB (and torchgist) do.
-    """
-    mirror = np.concatenate([np.arange(n), np.arange(n)[::-1]])
-    return mirror[np.remainder(np.arange(-pre, n + post), 2 * n)]
-
-
-def _frequencies(n: int) -> np.ndarray:
-    """``fftshift(-n/2 : n/2-1)``: the integer frequency of each FFT bin, as LMgist builds it.
-
-    For odd ``n`` this follows torchgist's ``arange(-n//2, n//2)`` (MATLAB would use half
-    integers there); CIFAR-10 and the usual sizes give even padded sizes.
-    """
-    return np.fft.fftshift(np.arange(-n // 2, n // 2, dtype=np.float64))
-
-
-def gabor_bank(orientations_per_scale, height: int, width: int) -> np.ndarray:
-    """The Gabor transfer functions of ``createGabor.m`` on a (height, width) FFT grid.
-
-    Returns an array (n_filters, height, width), scales from fine to coarse, orientations
-    ``pi / n * j``. Filter ``(i, j)`` is ``exp(-3.5 (f_r / (width f_i) - 1)^2 - 2 pi a_i t^2)``
-    with ``f_i = 0.3 / 1.85^i``, ``a_i = 16 n_i^2 / 32^2`` and ``t`` the angle distance, wrapped to
-    [-pi, pi]. The radial frequency is normalised by the width only, as in LMgist.
-    """
-    fy = _frequencies(height)[:, None]
-    fx = _frequencies(width)[None, :]
-    fr = np.sqrt(fx**2 + fy**2)
-    angle = np.arctan2(fy, fx)  # angle(fx + i fy)
-    filters = []
-    for i, n in enumerate(orientations_per_scale):
-        f0 = 0.3 / 1.85**i
-        a = 16 * n**2 / 32**2
-        for j in range(n):
-            tr = angle + np.pi / n * j
-            tr = tr + 2 * np.pi * (tr < -np.pi) - 2 * np.pi * (tr > np.pi)
-            filters.append(np.exp(-10 * 0.35 * (fr / width / f0 - 1) ** 2 - 2 * a * np.pi * tr**2))
-    return np.stack(filters)
-
-
-def _lowpass_matrix(n: int, fc: float) -> np.ndarray:
-    """(n x n) real matrix ``C`` with ``C @ v = real(ifft(fft(v) * g))``, the 1-D factor of
-    prefilt.m's separable Gaussian ``gf = fftshift(exp(-(fx^2 + fy^2) / s1^2))``."""
-    s1 = fc / math.sqrt(math.log(2))
-    g = np.exp(-_frequencies(n) ** 2 / s1**2)
-    dft = np.fft.fft(np.eye(n), axis=0)
-    return np.real(np.fft.ifft(g[:, None] * dft, axis=0))
-
-
-def _block_bounds(n: int, blocks: int) -> list[int]:
-    """downN's block edges ``fix(linspace(0, n, blocks + 1))`` in exact integer arithmetic."""
-    return [(i * n) // blocks for i in range(blocks + 1)]
-
-
-def _pooling_matrix(n: int, blocks: int) -> np.ndarray:
-    """(blocks x n) matrix whose rows average the samples of each downN block."""
-    edges = _block_bounds(n, blocks)
-    P = np.zeros((blocks, n))
-    for i in range(blocks):
-        P[i, edges[i]:edges[i + 1]] = 1.0 / (edges[i + 1] - edges[i])
-    return P
-
-
-def _clean(a: np.ndarray) -> np.ndarray:
-    a = np.array(a, dtype=np.float64)
-    a[np.abs(a) < _TINY] = 0.0
-    return a
-
-
-# ----------------------------------------------------------------------------------------------
 # Precomputed plans (one per image size, parameters and device)
 # ----------------------------------------------------------------------------------------------
 
@@ -206,7 +129,7 @@ class _PrefilterPlan:
         # the two padarray calls of prefilt.m, composed: rows/cols of the n x n padded image
         rows = symmetric_pad_index(height, w, w)[symmetric_pad_index(sn, 0, n - sn)]
         cols = symmetric_pad_index(width, w, w)[symmetric_pad_index(sm, 0, n - sm)]
-        C = _clean(_lowpass_matrix(n, fc))
+        C = clean(lowpass_matrix(n, fc))
         t = functools.partial(torch.tensor, dtype=torch.float64, device=device)
         self.rows, self.cols = torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)
         self.C = t(C)
@@ -243,12 +166,12 @@ class _GaborPlan:
     def __init__(self, height, width, orientations, blocks, be, device, method):
         self.height, self.width, self.be, self.blocks = height, width, be, blocks
         self.hp, self.wp = height + 2 * be, width + 2 * be
-        G = _clean(gabor_bank(orientations, self.hp, self.wp))  # (nf, hp, wp)
+        G = clean(gabor_bank(orientations, self.hp, self.wp))  # (nf, hp, wp)
         self.nf = G.shape[0]
         self.method = method
         t = functools.partial(torch.tensor, dtype=torch.float32, device=device)
-        self.pool_rows = t(_pooling_matrix(height, blocks))  # (N, H)
-        self.pool_cols = t(_pooling_matrix(width, blocks))  # (N, W)
+        self.pool_rows = t(pooling_matrix(height, blocks))  # (N, H)
+        self.pool_cols = t(pooling_matrix(width, blocks))  # (N, W)
         rows = symmetric_pad_index(height, be, be)
         cols = symmetric_pad_index(width, be, be)
         if method == "dense":
@@ -262,14 +185,14 @@ class _GaborPlan:
             # K[r, v, n, w] = sum_c L_cols[c, v] G[n, r, c] inv_cols[c, w]
             K = np.einsum("cv,nrc,cw->rvnw", L_cols, G, inv_cols, optimize=True)  # (hp, W, nf, W)
             # real forms: [Re U, Im U] @ K_re = Re(U K), [Re U, Im U] @ K_im = Im(U K)
-            K_re = _clean(np.concatenate([K.real, -K.imag], axis=1))  # (hp, 2W, nf, W)
-            K_im = _clean(np.concatenate([K.imag, K.real], axis=1))
+            K_re = clean(np.concatenate([K.real, -K.imag], axis=1))  # (hp, 2W, nf, W)
+            K_im = clean(np.concatenate([K.imag, K.real], axis=1))
             # per group of filters, contiguous: (2 = [K_re, K_im], hp, 2W, filters W)
             self.at_once = nf if torch.device(device).type != "cpu" else min(_CPU_FILTERS_AT_ONCE, nf)
             self.K = [t(np.stack([part[:, :, n:n + self.at_once].reshape(hp, 2 * W, -1) for part in (K_re, K_im)]))
                       for n in range(0, nf, self.at_once)]  # the last group may hold fewer filters
-            self.L_rows = t(_clean(np.concatenate([L_rows.real, L_rows.imag], axis=0)))  # (2 hp, H)
-            self.inv_rows = t(_clean(np.block([[inv_rows.real, -inv_rows.imag],
+            self.L_rows = t(clean(np.concatenate([L_rows.real, L_rows.imag], axis=0)))  # (2 hp, H)
+            self.inv_rows = t(clean(np.block([[inv_rows.real, -inv_rows.imag],
                                                [inv_rows.imag, inv_rows.real]])))  # (2H, 2hp)
         else:
             self.rows = torch.as_tensor(rows, device=device)
@@ -349,7 +272,7 @@ def block_average(x: torch.Tensor, blocks: int = 4) -> torch.Tensor:
     Block edges are ``fix(linspace(0, H, blocks + 1))``, so uneven sizes give uneven blocks."""
     H, W = x.shape[-2:]
     t = functools.partial(torch.tensor, dtype=x.dtype, device=x.device)
-    return t(_pooling_matrix(H, blocks)) @ x @ t(_pooling_matrix(W, blocks)).T
+    return t(pooling_matrix(H, blocks)) @ x @ t(pooling_matrix(W, blocks)).T
 
 
 # ----------------------------------------------------------------------------------------------
