@@ -90,7 +90,8 @@ def gist_features(images, checksum: str, image_size: tuple[int, int] | None = No
             return gist(resized, progress=progress)
         return gist(images, image_size=image_size, progress=progress)
 
-    return cached("gist", (checksum, params.key(), size_key, str(len(images)), code_digest(gist_module, gist_bank)), compute,
+    key = (checksum, params.key(), size_key, str(len(images)), code_digest(gist_module, gist_bank))
+    return cached("gist", key, compute,
                   shape=(len(images), params.n_features))
 
 

@@ -391,10 +391,10 @@ def _gist(tensor, params: GistParams, size, dev, batch_size, progress, method=No
                 grey = grey - grey.amin(dim=(1, 2), keepdim=True)
                 top = grey.amax(dim=(1, 2), keepdim=True)
                 grey = grey * torch.where(top > 0, 255 / top, torch.zeros_like(top))
-                # chunks of at most ``chunk`` images, as many as a multiple of the threads and of equal size
+                # equal chunks of at most ``chunk`` images, ``threads`` of them per round
                 n = len(grey)
-                parts = -(-n // chunk)
-                size = -(-n // (-(-parts // threads) * threads))
+                rounds = -(-n // (chunk * threads))
+                size = -(-n // (rounds * threads))
                 chunks = [(grey[i:i + size], start + i) for i in range(0, n, size)]
                 if pool is None:
                     for args in chunks:
