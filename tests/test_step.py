@@ -63,6 +63,22 @@ def test_best_splits_balances_the_cores():
     assert step.best_splits(dear_lone, 2) == [1, 1, 1]
 
 
+def test_best_splits_takes_the_least_work_of_nearly_equal_makespans():
+    # the long stage in lone models; the short one lone: makespan 1,100 s for 2,200 s of work, or a pair:
+    # 1,133 s (3% longer) for 2,133 s; a pair that costs 190 s (8% longer) loses
+    near = [(2, 1000, {1: 1.0, 2: 1.05}), (2, 100, {1: 1.0, 2: 1.5})]
+    assert step.makespan([d for p, st in zip([2, 2], near) for d in step.part_durations(st[0], st[1], p, st[2])],
+                         2) == pytest.approx(1100)
+    assert step.best_splits(near, 2) == [2, 1]
+    assert step.best_splits(near, 2, slack=0.0) == [2, 2]
+    far = [(2, 1000, {1: 1.0, 2: 1.05}), (2, 100, {1: 1.0, 2: 1.05})]
+    assert step.best_splits(far, 2) == [2, 2]
+    # beyond 4096 combinations each stage is chosen on its own, by the same rule: a pair 2.6% longer than two
+    # lone models, for half the work
+    many = [(2, 100, {1: 1.0, 2: 1.95})] * 13
+    assert step.best_splits(many, 2) == [1] * 13 and step.best_splits(many, 2, slack=0.0) == [2] * 13
+
+
 def test_step_rate_measures_the_group_and_measured_splits_restore_the_threads():
     configs = [make_config(None, dict(c.to_dict(), hidden_layers=1)) for c in cfgs()]
     rate, warm = step.step_rate(configs, 20, Runtime(progress=False, device="cpu"), seconds=0.05, warmup=2)

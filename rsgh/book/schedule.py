@@ -239,7 +239,8 @@ def measured_splits(groups: Sequence[tuple[Sequence[Config], int, int]], workers
     number of parts to deal it into and each part's expected seconds: the model-steps/s and warm-up
     (compilation) of the step at each candidate group size, the sizes timed in turns for about
     ``seconds`` each (:func:`measure_stage`), then the split of all groups together that finishes
-    first on ``workers`` processes (``rsgh.train.step.best_splits``). With a ``client``, each group is
+    first on ``workers`` processes, the least work among those within a few per cent of it
+    (``rsgh.train.step.best_splits``). With a ``client``, each group is
     measured on a worker, several at once (:func:`in_turn`); else here, one after the other."""
     from ..train import step
 

@@ -400,19 +400,36 @@ def candidate_parts(models: int, workers: int) -> list[int]:
     return sorted(set(out + [models]))
 
 
-def best_splits(stages, workers: int) -> list[int]:
+# Splits whose measured makespans differ by less than this fraction are treated as equal, and the one with
+# the least total work is taken. The makespan compares stages measured at different moments (on different
+# workers), and this machine's speed moved by 28% between two measurements of the same stages a minute
+# apart; a split's total work compares group sizes of one stage timed in turns, which holds. In run 15 of
+# ``benchmarks/paper_scale_run.py`` every stage went into lone models, whose makespan measured 0.4% to 6.6%
+# longer than 128 bits lone and the other stages in pairs when measured again, for 6% to 7% more work; its
+# steps took 2,845 CPU-s, against 2,315 in run 14 with the pairs.
+SPLIT_SLACK = 0.05
+
+
+def best_splits(stages, workers: int, slack: float = SPLIT_SLACK) -> list[int]:
     """For several stages run together, each ``(models, steps, rates)`` or ``(models, steps, rates,
     warmups)`` with model-steps/s and warm-up seconds by group size (as :func:`step_rate` measures
     them, in ``rsgh.book.schedule.measured_splits``): the parts of each stage that make all of them
     finish first on ``workers`` processes (every combination of the candidates, up to 4096; beyond
-    that each stage on its own)."""
+    that each stage on its own). Of the splits within ``slack`` (a fraction) of the shortest makespan,
+    the one with the least total work (:data:`SPLIT_SLACK`); of equals, the one listed first (fewer parts)."""
     import itertools
 
     def durations(stage, p):
         return part_durations(stage[0], stage[1], p, *stage[2:4])
 
+    def pick(choices, parts_of):  # choices: splits; parts_of(split) -> the durations of its parts
+        costs = [(makespan(parts_of(c), workers), sum(parts_of(c))) for c in choices]
+        shortest = min(m for m, _ in costs)
+        near = [(total, i) for i, (m, total) in enumerate(costs) if m <= shortest * (1 + slack)]
+        return choices[min(near)[1]]
+
     options = [candidate_parts(st[0], workers) for st in stages]
     if math.prod(len(o) for o in options) > 4096:
-        return [min(o, key=lambda p, st=st: makespan(durations(st, p), workers)) for o, st in zip(options, stages)]
-    return list(min(itertools.product(*options), key=lambda ps: makespan(
-        [d for p, st in zip(ps, stages) for d in durations(st, p)], workers)))
+        return [pick(o, lambda p, st=st: durations(st, p)) for o, st in zip(options, stages)]
+    return list(pick(list(itertools.product(*options)),
+                     lambda ps: [d for p, st in zip(ps, stages) for d in durations(st, p)]))
