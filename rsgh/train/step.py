@@ -423,7 +423,7 @@ def best_splits(stages, workers: int, slack: float = SPLIT_SLACK) -> list[int]:
         return part_durations(stage[0], stage[1], p, *stage[2:4])
 
     def pick(choices, parts_of):  # choices: splits; parts_of(split) -> the durations of its parts
-        costs = [(makespan(parts_of(c), workers), sum(parts_of(c))) for c in choices]
+        costs = [(makespan(d, workers), sum(d)) for d in map(parts_of, choices)]
         shortest = min(m for m, _ in costs)
         near = [(total, i) for i, (m, total) in enumerate(costs) if m <= shortest * (1 + slack)]
         return choices[min(near)[1]]
