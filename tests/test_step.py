@@ -91,21 +91,46 @@ def test_step_rate_measures_the_group_and_measured_splits_restore_the_threads():
     finally:
         torch.set_num_threads(1)
     assert parts in (1, 2) and len(seconds) == parts and min(seconds) > 0
-    rates, warm = step.stage_rates(configs, 20, [1, 2], Runtime(progress=False, device="cpu"), seconds=0.05)
-    assert sorted(rates) == sorted(warm) == [1, 2] and min(rates.values()) > 0 and min(warm.values()) > 0
+    rates, warm, yard = step.stage_rates(configs, 20, [1, 2], Runtime(progress=False, device="cpu"), seconds=0.05)
+    assert sorted(rates) == sorted(warm) == [1, 2] and min(rates.values()) > 0 and min(warm.values()) > 0 and yard > 0
 
 
 def test_stage_rates_times_the_sizes_in_turns_in_model_steps(monkeypatch):
-    """The sizes' steps are timed together (in turns), and a group's steps/s count its models."""
-    timed = []
+    """The sizes' steps and the yardstick are timed together (in turns), a group's steps/s count its
+    models, and a group smaller than the stage takes its R-SGH model (the longer step) first."""
+    timed, built = [], []
 
     def fake(calls, seconds, device, warmup):
-        timed.append((sorted(calls), seconds, warmup))
-        return {size: 100.0 for size in calls}, 0.0
+        timed.append((list(calls), seconds, warmup))
+        return {size: 100.0 if size != "yardstick" else 7.0 for size in calls}, 0.0
+    group_step = step.group_step
     monkeypatch.setattr(step, "timed_rates", fake)
+    monkeypatch.setattr(step, "group_step", lambda c, *a: (built.append([x.method for x in c]), group_step(c, *a))[1])
     configs = [make_config(None, dict(c.to_dict(), hidden_layers=1)) for c in cfgs()]
-    rates, _ = step.stage_rates(configs, 20, [1, 2], Runtime(progress=False, device="cpu"), seconds=0.3, warmup=2)
-    assert timed == [([1, 2], 0.3, 0)] and rates == {1: 100.0, 2: 200.0}
+    assert [c.method for c in configs] == ["sgh", "rsgh"]
+    rates, _, yard = step.stage_rates(configs, 20, [1, 2], Runtime(progress=False, device="cpu"), seconds=0.3, warmup=2)
+    assert timed == [([1, 2, "yardstick"], 0.3, 0)] and rates == {1: 100.0, 2: 200.0} and yard == 7.0
+    assert built == [["rsgh"], ["rsgh", "sgh"]]
+
+
+def test_measured_splits_put_the_stages_on_the_yardsticks_scale(monkeypatch):
+    """Two stages measured at different moments: the second while the machine ran at half speed (its
+    yardstick too). On one scale (the yardsticks' median) the lone models of the first stage (1,333 s
+    each) are longer than the second stage's pair (1,067 s), so they go first (``plan_parts`` orders the
+    parts longest first); taken as measured, the pair (1,600 s) would look longer than them (1,000 s)."""
+    given = {128: ({1: 0.5, 2: 0.75}, 10.0), 64: ({1: 0.3, 2: 0.625}, 5.0)}
+
+    def rates(configs, dim, sizes, runtime, seconds):
+        r, yard = given[configs[0].bits]
+        return {s: r[s] for s in sizes}, dict.fromkeys(sizes, 0.0), yard
+    monkeypatch.setattr(step, "stage_rates", rates)
+    groups = [([make_config("e2-sgh", dict(bits=b)), make_config("e2-rsgh", dict(bits=b))], 512, 500) for b in given]
+    runtime = Runtime(progress=False, device="cpu")
+    monkeypatch.setattr(step, "best_splits", lambda stages, workers: [2, 1])
+    plan = schedule.measured_splits(groups, 2, runtime)
+    # the yardsticks' median is 7.5: the first stage's rates times 0.75, the second's times 1.5
+    assert plan[0] == (2, pytest.approx([1000 / 0.75] * 2)) and plan[1] == (1, pytest.approx([1000 / 0.9375]))
+    assert max(plan[1][1]) < min(plan[0][1])
 
 
 def test_measured_splits_follow_the_measured_rates(monkeypatch):
@@ -120,7 +145,7 @@ def test_measured_splits_follow_the_measured_rates(monkeypatch):
 
     def rates(configs, dim, sizes, runtime, seconds):
         measured.append((configs[0].bits, sizes))
-        return {s: given[configs[0].bits][s] for s in sizes}, dict.fromkeys(sizes, 0.5)
+        return {s: given[configs[0].bits][s] for s in sizes}, dict.fromkeys(sizes, 0.5), 1.0
     monkeypatch.setattr(step, "stage_rates", rates)
     groups = [([make_config("e2-sgh", dict(bits=b)), make_config("e2-rsgh", dict(bits=b))], 512, 1000) for b in given]
     runtime = Runtime(progress=False, device="cpu")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import statistics
 from pathlib import Path
 from typing import Sequence
 
@@ -238,7 +239,8 @@ def measured_splits(groups: Sequence[tuple[Sequence[Config], int, int]], workers
     """For each lock-step group, given as (its configurations, input dimension, training steps), the
     number of parts to deal it into and each part's expected seconds: the model-steps/s and warm-up
     (compilation) of the step at each candidate group size, the sizes timed in turns for about
-    ``seconds`` each (:func:`measure_stage`), then the split of all groups together that finishes
+    ``seconds`` each (:func:`measure_stage`) with a yardstick, by whose rates the stages are put on one
+    scale (``rsgh.train.step.yardstick``), then the split of all groups together that finishes
     first on ``workers`` processes, the least work among those within a few per cent of it
     (``rsgh.train.step.best_splits``). With a ``client``, each group is
     measured on a worker, several at once (:func:`in_turn`); else here, one after the other."""
@@ -254,14 +256,17 @@ def measured_splits(groups: Sequence[tuple[Sequence[Config], int, int]], workers
         measured = [None] * len(jobs)
         for i, future in in_turn(client, [(measure_stage, *job, True) for job in jobs], resources(runtime)):
             measured[i] = future.result()
-    stages = [(len(cfgs), steps, *m) for (cfgs, _, steps), m in zip(groups, measured)]
+    # on one scale: each stage's rates as if measured when the yardstick ran at its median rate
+    scale = statistics.median(y for _, _, y in measured)
+    stages = [(len(cfgs), steps, {s: r * scale / y for s, r in rates.items()}, warm)
+              for (cfgs, _, steps), (rates, warm, y) in zip(groups, measured)]
     return [(p, step.part_durations(*st[:2], p, *st[2:])) for st, p in zip(stages, step.best_splits(stages, workers))]
 
 
 def measure_stage(configs: list[Config], input_dim: int, sizes: list[int], runtime: Runtime, seconds: float,
-                  on_worker: bool = False) -> tuple[dict, dict]:
-    """({size: model-steps/s}, {size: warm-up seconds}) of a stage's step at group ``sizes``
-    (``rsgh.train.step.stage_rates``); ``on_worker``: a Dask task, in a worker set up to train
+                  on_worker: bool = False) -> tuple[dict, dict, float]:
+    """({size: model-steps/s}, {size: warm-up seconds}, the yardstick's calls/s) of a stage's step at
+    group ``sizes`` (``rsgh.train.step.stage_rates``); ``on_worker``: a Dask task, in a worker set up to train
     (:func:`tune_worker_process`), else here, with this process's thread count left as it was."""
     import torch
 

@@ -266,21 +266,40 @@ def step_rate(configs, input_dim: int, runtime=None, seconds: float = 2.0, warmu
     inputs of their shape, with ``runtime``'s device, threads and step (the warm-up, which compiles a
     compiled step, is not in the rate). Timed in rounds of 10 steps for about ``seconds``; the rate
     is that of the median round, so that a busy machine's pauses count less."""
-    rates, warm = stage_rates(configs, input_dim, [len(configs)], runtime, seconds, warmup)
+    rates, warm, _ = stage_rates(configs, input_dim, [len(configs)], runtime, seconds, warmup)
     return rates[len(configs)], warm[len(configs)]
 
 
 def stage_rates(configs, input_dim: int, sizes, runtime=None, seconds: float = 1.5,
-                warmup: int = 20) -> tuple[dict[int, float], dict[int, float]]:
-    """({size: model-steps per second}, {size: seconds of warm-up}) of lock-step groups of the first
-    ``size`` of ``configs`` for each of ``sizes``, as :func:`step_rate` gives for one, the sizes timed in
-    turns (:func:`timed_rates`), so that they share the machine's drift and are compared fairly."""
+                warmup: int = 20) -> tuple[dict[int, float], dict[int, float], float]:
+    """({size: model-steps per second}, {size: seconds of warm-up}, calls per second of the
+    :func:`yardstick`) of lock-step groups of ``size`` of ``configs`` for each of ``sizes``, as
+    :func:`step_rate` gives for one, the sizes and the yardstick timed in turns (:func:`timed_rates`),
+    so that they share the machine's drift and are compared fairly. A group smaller than ``configs``
+    takes R-SGH's models first: their step (with the tie term and the adversary) is the longer one
+    (measured: 5-15% longer than SGH's, lone at 128 bits), and a split ends with its longest part."""
+    ordered = sorted(configs, key=lambda c: c.method != "rsgh")  # a stable sort: else as given
     calls, warm, device = {}, {}, None
     for size in sizes:
-        calls[size], device = group_step(list(configs[:size]), input_dim, runtime)
+        calls[size], device = group_step(ordered[:size], input_dim, runtime)
         warm[size] = warm_up([calls[size]], warmup, device)  # compiles a compiled step
-    rates = timed_rates(calls, seconds, device, warmup=0)[0]
-    return {size: len(configs[:size]) * rate for size, rate in rates.items()}, warm
+    rates = timed_rates({**calls, "yardstick": yardstick(device)}, seconds, device, warmup=0)[0]
+    return {size: len(ordered[:size]) * rates[size] for size in sizes}, warm, rates["yardstick"]
+
+
+def yardstick(device=torch.device("cpu")) -> Callable[[], None]:
+    """A fixed piece of work (four small matrix products, about 0.2 ms on one CPU core) to time in turns
+    with the steps of a stage: stages measured at different moments, or on different workers at once,
+    are put on one scale by their yardstick's rates (``rsgh.book.schedule.measured_splits``). This
+    machine's speed moved by 28% between two measurements a minute apart, which made a 64-bit pair look
+    as long as a lone 128-bit model; in the run the lone models took 20% and 37% longer than the pair."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.rand(32, 256, generator=gen).to(device), torch.rand(256, 256, generator=gen).to(device))
+
+    def call():
+        for _ in range(4):
+            torch.mm(a, b)
+    return call
 
 
 def group_step(configs, input_dim: int, runtime=None) -> tuple[Callable[[], None], torch.device]:
