@@ -150,6 +150,21 @@ def test_sh_invariants():
     assert B.fit_sh(x[:, :3], 10).encode(x[:, :3]).shape == (500, 10)
 
 
+def test_sh_eigenfunctions_are_compresssh_product_to_the_bit():
+    """compressSH multiplies sin(omega_j y_j + pi/2) over every direction j; the eigenfunctions skip
+    the directions whose mode is zero (a factor of exactly 1.0). Against that product written out, for
+    trainSH's modes (one direction each) and for hand-made modes with none, one, two and three."""
+    rng = np.random.default_rng(3)
+    x = anisotropic(rng, d=6)
+    h = B.fit_sh(x, 9)
+    modes = np.array([[0, 0, 0, 0, 0, 0], [0, 3, 0, 0, 0, 0], [1, 0, 0, 2, 0, 0], [1, 1, 0, 0, 0, 5]])
+    for model in (h, B.SpectralHashing(h.pc, h.mn, h.mx, modes, np.zeros(len(modes)))):
+        y = (x @ model.pc) - model.mn
+        omegas = model.modes * (np.pi / (model.mx - model.mn))
+        product = np.stack([np.prod(np.sin(y * w + np.pi / 2), axis=1) for w in omegas], axis=1)
+        np.testing.assert_array_equal(model.eigenfunctions(x), product)
+
+
 # ----------------------------------------------------------------------------- errors
 
 

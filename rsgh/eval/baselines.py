@@ -236,7 +236,11 @@ class SpectralHashing:
         omegas = self.modes * (np.pi / (self.mx - self.mn))  # (n_bits, npca)
         U = np.empty((X.shape[0], self.n_bits))
         for i in range(self.n_bits):
-            U[:, i] = np.prod(np.sin(Y * omegas[i] + np.pi / 2), axis=1)
+            # compressSH's product over every direction, over the directions whose mode is not zero: the
+            # others give sin(0 + pi/2), exactly 1.0, so the product is the same to the bit (trainSH's modes
+            # have one such direction each: at 128 bits on CIFAR-10, 0.3 s against 16 s for the database)
+            on = np.flatnonzero(omegas[i])
+            U[:, i] = np.prod(np.sin(Y[:, on] * omegas[i, on] + np.pi / 2), axis=1)
         return U
 
     def encode(self, X) -> np.ndarray:
