@@ -272,12 +272,11 @@ def step_rate(configs, input_dim: int, runtime=None, seconds: float = 2.0, warmu
 
 def stage_rates(configs, input_dim: int, sizes, runtime=None, seconds: float = 1.5,
                 warmup: int = 20) -> tuple[dict[int, float], dict[int, float], float]:
-    """({size: model-steps per second}, {size: seconds of warm-up}, calls per second of the
-    :func:`yardstick`) of lock-step groups of ``size`` of ``configs`` for each of ``sizes``, as
-    :func:`step_rate` gives for one, the sizes and the yardstick timed in turns (:func:`timed_rates`),
-    so that they share the machine's drift and are compared fairly. A group smaller than ``configs``
-    takes R-SGH's models first: their step (with the tie term and the adversary) is the longer one
-    (measured: 5-15% longer than SGH's, lone at 128 bits), and a split ends with its longest part."""
+    """({size: model-steps/s}, {size: seconds of warm-up}, the :func:`yardstick`'s calls/s) of groups
+    of ``size`` of ``configs`` for each of ``sizes`` (:func:`step_rate`), the sizes and the yardstick
+    timed in turns (:func:`timed_rates`) so that they share the machine's drift. A group smaller than
+    ``configs`` takes R-SGH's models first: their step is the longer (5-15% at 128 bits, lone), and a
+    split ends with its longest part."""
     ordered = sorted(configs, key=lambda c: c.method != "rsgh")  # a stable sort: else as given
     calls, warm, device = {}, {}, None
     for size in sizes:
@@ -288,11 +287,10 @@ def stage_rates(configs, input_dim: int, sizes, runtime=None, seconds: float = 1
 
 
 def yardstick(device=torch.device("cpu")) -> Callable[[], None]:
-    """A fixed piece of work (four small matrix products, about 0.2 ms on one CPU core) to time in turns
-    with the steps of a stage: stages measured at different moments, or on different workers at once,
-    are put on one scale by their yardstick's rates (``rsgh.book.schedule.measured_splits``). This
-    machine's speed moved by 28% between two measurements a minute apart, which made a 64-bit pair look
-    as long as a lone 128-bit model; in the run the lone models took 20% and 37% longer than the pair."""
+    """Fixed work (four small products, about 0.2 ms on a core) timed in turns with a stage's steps, by
+    whose rates stages measured at other moments or on other workers are put on one scale
+    (``rsgh.book.schedule.measured_splits``): with this machine's drift (28% in a minute) a 64-bit pair
+    looked as long as a lone 128-bit model, which took 20% and 37% longer in the run (run 16)."""
     gen = torch.Generator().manual_seed(0)
     a, b = (torch.rand(32, 256, generator=gen).to(device), torch.rand(256, 256, generator=gen).to(device))
 
@@ -420,12 +418,10 @@ def candidate_parts(models: int, workers: int) -> list[int]:
 
 
 # Splits whose measured makespans differ by less than this fraction are treated as equal, and the one with
-# the least total work is taken. The makespan compares stages measured at different moments (on different
-# workers), and this machine's speed moved by 28% between two measurements of the same stages a minute
-# apart; a split's total work compares group sizes of one stage timed in turns, which holds. In run 15 of
-# ``benchmarks/paper_scale_run.py`` every stage went into lone models, whose makespan measured 0.4% to 6.6%
-# longer than 128 bits lone and the other stages in pairs when measured again, for 6% to 7% more work; its
-# steps took 2,845 CPU-s, against 2,315 in run 14 with the pairs.
+# the least total work is taken: a makespan compares stages measured apart (on a drifting machine), a total
+# work group sizes of one stage timed in turns. In run 15 of ``benchmarks/paper_scale_run.py`` every stage
+# went into lone models, 0.4% to 6.6% longer than 128 bits lone and the rest in pairs when measured again,
+# for 6% to 7% more work; its steps took 2,845 CPU-s, against 2,315 in run 14 with the pairs.
 SPLIT_SLACK = 0.05
 
 
