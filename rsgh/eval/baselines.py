@@ -238,7 +238,7 @@ class SpectralHashing:
         for i in range(self.n_bits):
             # compressSH's product over every direction, over the directions whose mode is not zero: the
             # others give sin(0 + pi/2), exactly 1.0, so the product is the same to the bit (trainSH's modes
-            # have one such direction each: at 128 bits on CIFAR-10, 0.3 s against 16 s for the database)
+            # have one such direction each: at 128 bits on CIFAR-10, 0.6 s against 16.5 s for the database)
             on = np.flatnonzero(omegas[i])
             U[:, i] = np.prod(np.sin(Y[:, on] * omegas[i, on] + np.pi / 2), axis=1)
         return U

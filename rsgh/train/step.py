@@ -290,7 +290,7 @@ def yardstick(device=torch.device("cpu")) -> Callable[[], None]:
     """Fixed work (four small products, about 0.2 ms on a core) timed in turns with a stage's steps, by
     whose rates stages measured at other moments or on other workers are put on one scale
     (``rsgh.book.schedule.measured_splits``): with this machine's drift (28% in a minute) a 64-bit pair
-    looked as long as a lone 128-bit model, which took 20% and 37% longer in the run (run 16)."""
+    looked as long as a lone 128-bit model, which took 19% and 36% longer in the run (run 16)."""
     gen = torch.Generator().manual_seed(0)
     a, b = (torch.rand(32, 256, generator=gen).to(device), torch.rand(256, 256, generator=gen).to(device))
 
