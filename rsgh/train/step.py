@@ -188,11 +188,11 @@ def _adam_state(opt: torch.optim.Adam, params: list, step_count: torch.Tensor):
 
 
 _LAST_CALL: list = []  # [(C++ graph, inputs, outputs)] of the latest call of a compiled step in this process
-# Without inductor's size asserts: the C++ wrapper checked the sizes and strides of each of the graph's
-# ~70 inputs at every call, building a std::stringstream for each (measured: 30 to 40 microseconds a
-# step, 8% of a lone model's step at 32 bits). Dynamo's guards check them while it calls the graph;
-# the direct call checks the only inputs that change, the batch and the noise (:func:`_layout`).
-INDUCTOR_OPTIONS = {"cpp_wrapper": True, "size_asserts": False}
+# No size asserts: the C++ wrapper checked the graph's ~70 inputs at every call (30-40 us a step, 8% of a
+# lone model's at 32 bits); dynamo's guards check them, the direct call the batch and noise (:func:`_layout`).
+# No reordering for peak memory: in R-SGH's graph it put the weights' gradients in a row, then their
+# updates in one loop over all of them; without it each update follows its gradient, as in SGH's graph.
+INDUCTOR_OPTIONS = {"cpp_wrapper": True, "size_asserts": False, "reorder_for_peak_memory": False}
 
 
 def _layout(x: torch.Tensor, xi: torch.Tensor) -> tuple:
