@@ -89,3 +89,28 @@ def test_floor_during_run_lets_the_workers_go_on_when_a_sample_fails(benchmarks,
     _run_probe(probe, lambda: False)
     assert seen == [True] and not probe.is_alive() and probe.minutes() is None
     assert _state(worker) != "T"
+
+
+def test_adam_floor_times_the_update_that_torch_adam_makes(monkeypatch):
+    """adam_floor.py's ``exact`` is Adam's step (as the compiled training step writes it): three steps of
+    it give torch.optim.Adam's weights and moments to float32 rounding."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import adam_floor
+
+    gen = torch.Generator().manual_seed(0)
+    w0 = torch.randn(1000, generator=gen)
+    grads = [torch.randn(1000, generator=gen) for _ in range(3)]
+    p = torch.nn.Parameter(w0.clone())
+    opt = torch.optim.Adam([p], lr=1e-3)
+    w, m, v = w0.clone(), torch.zeros(1000), torch.zeros(1000)
+    for t, g in enumerate(grads, start=1):
+        p.grad = g.clone()
+        opt.step()
+        adam_floor.exact(w, g, m, v, torch.tensor(1e-3 / (1 - 0.9 ** t)), torch.tensor(1 / (1 - 0.999 ** t) ** 0.5))
+    state = opt.state[p]
+    torch.testing.assert_close(m, state["exp_avg"], rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(v, state["exp_avg_sq"], rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(w, p.detach(), rtol=1e-6, atol=1e-8)
+    assert not torch.equal(w, w0)
