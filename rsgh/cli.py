@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import warnings
+from dataclasses import fields
 from pathlib import Path
 
 from .config import PRESETS, Runtime, config_help, make_config, parse_overrides
@@ -161,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "train", help="train one SGH or R-SGH model into a run directory",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"configs (presets over the defaults):\n{presets}\n\nparameters for --set (the last four are "
+        epilog=f"configs (presets over the defaults):\n{presets}\n\nparameters for --set (the last {len(fields(Runtime))} are "
                f"runtime settings, never part of a run's identity):\n{config_help()}")
     t.add_argument("--config", nargs="+", choices=sorted(PRESETS),
                    help="a preset (the defaults below when omitted); several presets are trained together as "

@@ -303,16 +303,22 @@ class _Training:
         self.ahead, self.draw_ahead = [], max(1, min(self.DRAW_AHEAD, (1 << 18) // (self.cfg.batch_size * max(
             self.train_x.shape[1], G * self.cfg.bits))))
         step = make_step(self.model, self.opt, self.spec, self.lam, self.runtime.compile_step)
-        while self.shared["iteration"] < self.total and not all(m.stopped for m in self.members):
-            sums += step(*self.next_batch())
-            count += 1
-            self.shared["iteration"] += 1
-            bar.update(1)
-            if self.shared["iteration"] % self.eval_every == 0 or self.shared["iteration"] == self.total:
-                self.shared["elapsed"] += time.perf_counter() - t0
-                self.record(sums, count)
-                sums.zero_()
-                count, t0 = 0, time.perf_counter()
+        flush = self.runtime.flush_denormal and self.device.type == "cpu"
+        try:
+            while self.shared["iteration"] < self.total and not all(m.stopped for m in self.members):
+                torch.set_flush_denormal(flush)  # the steps only: 0.06 microseconds a call
+                sums += step(*self.next_batch())
+                count += 1
+                self.shared["iteration"] += 1
+                bar.update(1)
+                if self.shared["iteration"] % self.eval_every == 0 or self.shared["iteration"] == self.total:
+                    torch.set_flush_denormal(False)
+                    self.shared["elapsed"] += time.perf_counter() - t0
+                    self.record(sums, count)
+                    sums.zero_()
+                    count, t0 = 0, time.perf_counter()
+        finally:
+            torch.set_flush_denormal(False)
         bar.close()
         running = [g for g, m in enumerate(self.members) if not m.stopped]
         if running:

@@ -264,8 +264,7 @@ def _settled(seen: list):
 def step_rate(configs, input_dim: int, runtime=None, seconds: float = 2.0, warmup: int = 20) -> tuple[float, float]:
     """(model-steps per second, seconds of warm-up) of one lock-step group of ``configs`` on random
     inputs of their shape, with ``runtime``'s device, threads and step (the warm-up, which compiles a
-    compiled step, is not in the rate). Timed in rounds of 10 steps for about ``seconds``; the rate
-    is that of the median round, so that a busy machine's pauses count less."""
+    compiled step, is not in the rate): the median round of 10 steps in about ``seconds``."""
     rates, warm, _ = stage_rates(configs, input_dim, [len(configs)], runtime, seconds, warmup)
     return rates[len(configs)], warm[len(configs)]
 
@@ -318,13 +317,14 @@ def group_step(configs, input_dim: int, runtime=None) -> tuple[Callable[[], None
     B, n = cfg.batch_size, 64  # as the loop draws them: 64 steps' batches and noise at once
     xs = torch.rand(n * B, input_dim, generator=gen, device=device)
     xis = torch.rand(n, G, B, cfg.bits, generator=gen, device=device)
-    calls = 0
+    calls, flush = 0, runtime.flush_denormal and device.type == "cpu"  # as the training loop steps
 
     def one():
         nonlocal calls
-        i = calls % n
+        i, calls = calls % n, calls + 1
+        torch.set_flush_denormal(flush)
         step(xs[i * B:(i + 1) * B], xis[i])
-        calls += 1
+        torch.set_flush_denormal(False)
 
     return one, device
 
