@@ -114,3 +114,17 @@ def test_adam_floor_times_the_update_that_torch_adam_makes(monkeypatch):
     torch.testing.assert_close(v, state["exp_avg_sq"], rtol=1e-6, atol=1e-12)
     torch.testing.assert_close(w, p.detach(), rtol=1e-6, atol=1e-8)
     assert not torch.equal(w, w0)
+
+
+def test_subnormals_counts_the_moments_below_the_smallest_normal_float(monkeypatch):
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import subnormals
+
+    torch.set_flush_denormal(False)
+    tiny = torch.finfo(torch.float32).tiny  # 1.18e-38, the smallest normal float32
+    m = torch.tensor([1e-39, -1e-40, 0.0, 1.0, tiny, -2 * tiny, 1e-45])  # 1e-45: the smallest subnormal
+    v = torch.tensor([0.5, tiny / 2, 0.0, 0.0, 0.0, 0.0, 0.0])
+    brute = sum(1 for x in m.tolist() + v.tolist() if 0 < abs(x) < tiny)
+    assert brute == 4 and subnormals.subnormal_count([{"exp_avg": m, "exp_avg_sq": v}]) == brute
