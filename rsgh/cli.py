@@ -162,8 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "train", help="train one SGH or R-SGH model into a run directory",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"configs (presets over the defaults):\n{presets}\n\nparameters for --set (the last {len(fields(Runtime))} are "
-               f"runtime settings, never part of a run's identity):\n{config_help()}")
+        epilog=f"configs (presets over the defaults):\n{presets}\n\nparameters for --set (the last "
+               f"{len(fields(Runtime))} are runtime settings, never part of a run's identity):\n{config_help()}")
     t.add_argument("--config", nargs="+", choices=sorted(PRESETS),
                    help="a preset (the defaults below when omitted); several presets are trained together as "
                         "one group in lock-step, on one stream of batches (they must share the architecture)")

@@ -391,7 +391,8 @@ def test_flushing_subnormals_in_the_steps_leaves_e1_the_same_to_the_bit(tmp_path
         return counted
     monkeypatch.setattr(loop, "make_step", make_step)
     for flush in (False, True):
-        train_group([cfg], data, [tmp_path / str(flush)], Runtime(progress=False, compile_step=True, flush_denormal=flush))
+        train_group([cfg], data, [tmp_path / str(flush)],
+                    Runtime(progress=False, compile_step=True, flush_denormal=flush))
     assert max(subnormal) > 0
     for k, v in weights(tmp_path / "False").items():
         assert torch.equal(weights(tmp_path / "True")[k], v), k
