@@ -215,8 +215,8 @@ class Runtime:
                             "15-60 s; results agree with the eager step to floating-point tolerance, not bit "
                             "for bit")
     flush_denormal: bool = _f(True, "CPU: the training steps compute with subnormal floats flushed to zero "
-                              "(torch.set_flush_denormal, in the thread that steps: with threads > 1 torch's other threads are not "
-                              "flushed; the evaluations are not). Adam's "
+                              "(torch.set_flush_denormal, in the thread that steps: with threads > 1 torch's other "
+                              "threads are not flushed; the evaluations are not). Adam's "
                               "first moment of a weight whose gradient is exactly zero (a blank pixel, a dead unit) "
                               "decays through the subnormal range, which some CPUs compute many times slower: on an "
                               "Intel Xeon a lone 128-bit E2 step took 2.2 ms without it, 0.91 ms with it. The "
