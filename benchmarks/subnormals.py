@@ -6,7 +6,7 @@ rarely not zero) shrinks by beta1 = 0.9 every step and passes through float32's 
 with normal ones (measured on an Intel Xeon: a lone 128-bit step 2.2 ms without the flush against
 0.91 ms with it; on an AMD EPYC about 1%). The training loop therefore steps with subnormals flushed
 to zero (``Runtime.flush_denormal``, default on); the results are the same to the bit
-(``tests/test_step.py``, and the paper-scale run's mAPs in the README).
+(``tests/test_step.py``; E2's 32- and 64-bit pairs over 200 epochs, in the README).
 
 For each stage's pair (as ``paper_scale_estimate.py`` times it: random inputs of the stage's shape,
 one thread) this trains two copies of the compiled step, one flushing and one not, for ``--steps``

@@ -229,6 +229,10 @@ class Runtime:
                           "'workers' (one part per worker) or 'auto' (measure on a local cluster of CPU workers when "
                           "some group trains 100,000 model-steps or more)", ("auto", "measure", "workers"))
 
+    def flushes_subnormals(self, device) -> bool:
+        """Whether the training steps on ``device`` (a torch.device) run with subnormals flushed: on the CPU only."""
+        return self.flush_denormal and device.type == "cpu"
+
     def validate(self) -> "Runtime":
         hints = typing.get_type_hints(Runtime)
         for f in fields(self):

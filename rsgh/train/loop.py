@@ -303,7 +303,7 @@ class _Training:
         self.ahead, self.draw_ahead = [], max(1, min(self.DRAW_AHEAD, (1 << 18) // (self.cfg.batch_size * max(
             self.train_x.shape[1], G * self.cfg.bits))))
         step = make_step(self.model, self.opt, self.spec, self.lam, self.runtime.compile_step)
-        flush = self.runtime.flush_denormal and self.device.type == "cpu"
+        flush = self.runtime.flushes_subnormals(self.device)
         try:
             while self.shared["iteration"] < self.total and not all(m.stopped for m in self.members):
                 torch.set_flush_denormal(flush)  # the steps only: 0.06 microseconds a call

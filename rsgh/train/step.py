@@ -317,7 +317,7 @@ def group_step(configs, input_dim: int, runtime=None) -> tuple[Callable[[], None
     B, n = cfg.batch_size, 64  # as the loop draws them: 64 steps' batches and noise at once
     xs = torch.rand(n * B, input_dim, generator=gen, device=device)
     xis = torch.rand(n, G, B, cfg.bits, generator=gen, device=device)
-    calls, flush = 0, runtime.flush_denormal and device.type == "cpu"  # as the training loop steps
+    calls, flush = 0, runtime.flushes_subnormals(device)  # as the training loop steps
 
     def one():
         nonlocal calls
