@@ -3,7 +3,7 @@
     python -m rsgh train --config NAME [NAME ...] [--set key=value ...] --out DIR [DIR ...]
     python -m rsgh summarize RUN [RUN ...]
     python -m rsgh reproduce [--profile quick] [--out DIR] [--scheduler tcp://HOST:PORT]
-    python -m rsgh study --method rsgh --dataset cifar10 --bits 64 --trials 60 --out DIR
+    python -m rsgh study --arm rsgh --dataset cifar10 --bits 64 --trials 100 --out DIR
     python -m rsgh encode --model RUN --images PATH --out INDEX
     python -m rsgh search --index INDEX QUERY_IMAGE ... [--top 10]
     python -m rsgh evaluate --index INDEX --queries PATH
@@ -98,7 +98,7 @@ def cmd_study(args) -> int:
 
     if args.trials < 1 or args.max_epochs < 1:
         raise ValueError(f"--trials and --max-epochs must be positive, got {args.trials} and {args.max_epochs}")
-    best = run_study(args.method, args.dataset, args.bits, args.trials, args.max_epochs, args.out, args.storage,
+    best = run_study(args.arm, args.dataset, args.bits, args.trials, args.max_epochs, args.out, args.scratch,
                      args.data_root, args.scheduler, progress=not args.quiet)
     print(json.dumps(best))
     return 0
@@ -192,15 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--publish", action="store_true",
                    help="then copy the executed pages into the published book (--published; for its maintainers)")
     r.set_defaults(func=cmd_reproduce)
-    st = sub.add_parser("study", help="a hyperparameter study (Optuna) of one method, tuned on validation queries")
-    st.add_argument("--method", required=True, choices=["sgh", "rsgh"])
+    st = sub.add_parser("study", help="a hyperparameter study (Optuna) of one arm, tuned on validation queries")
+    st.add_argument("--arm", required=True, choices=["sgh", "sgh-arch", "rsgh"],
+                    help="sgh: SGH in any architecture; sgh-arch: SGH in R-SGH's architecture; rsgh: R-SGH")
     st.add_argument("--dataset", required=True, choices=["cifar10", "mnist", "fashion-mnist"],
                     help="cifar10: GIST-512 of CIFAR-10; mnist, fashion-mnist: pixels")
     st.add_argument("--bits", type=int, default=64, help="code length K (default 64)")
     st.add_argument("--trials", type=int, required=True, help="finished trials wanted (complete or pruned)")
-    st.add_argument("--max-epochs", type=int, default=20, help="epochs per trial at most (early stopping)")
-    st.add_argument("--out", required=True, help="study folder: study.db, trials/, best.json")
-    st.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/study.db)")
+    st.add_argument("--max-epochs", type=int, default=100, help="epochs per trial at most (early stopping)")
+    st.add_argument("--out", required=True, help="study folder: journal.log (the Optuna journal) and best.json")
+    st.add_argument("--scratch", default="studies",
+                    help="where the trials' run folders (models, checkpoints) go (default: studies/)")
     st.add_argument("--data-root", help="folder holding the datasets (default: $RSGH_DATA, else data/cache)")
     st.add_argument("--scheduler", help="a running Dask scheduler (default $RSGH_SCHEDULER, else a local cluster)")
     st.add_argument("--quiet", action="store_true", help="no line per trial")

@@ -12,3 +12,7 @@ class BusyError(UserError):
 
 class NotebookFailed(UserError):
     """A page of the book failed to execute or to build."""
+
+
+class DivergedError(UserError):
+    """A training whose losses became NaN or infinite (a step size too large for the problem)."""

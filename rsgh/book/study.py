@@ -1,80 +1,120 @@
-"""Hyperparameter studies with Optuna: the same budget for SGH and R-SGH, chosen on validation queries only.
+"""Hyperparameter studies with Optuna: the same budget for every arm, chosen on validation queries only.
 
-A study searches the choices the sources leave open and the ordinary hyperparameters (see
-:func:`suggest`) for one method, dataset and code length. Each trial trains one model (seed 0) on
-the training set, evaluates the validation mAP after every epoch, keeps its best epoch (patience
-``PATIENCE`` evaluations) and reports each value to Optuna, whose median pruner stops trials that are
-behind the median of earlier ones at the same epoch. The test queries are never looked at here:
-a trial's value is its best validation mAP.
+Three arms answer two questions (``ARMS``):
 
-Storage: a SQLite file ``DIR/study.db`` by default (any database URL with ``storage=``, for trials on
-many machines); a trial's run folder is ``DIR/trials/<run name>``. Trials are Dask tasks (two at a
-time on a two-core machine; TPE's constant liar keeps parallel trials apart). An interrupted study
-continues: trials left running by a killed process are marked failed and asked again with the same
-parameters, and their run folders resume from their checkpoints. ``DIR/best.json`` holds the best
-parameters, their validation mAP, the trial counts and the wall time.
+- ``sgh``: SGH in any architecture, the published linear code's model and loss among them;
+- ``sgh-arch``: SGH in R-SGH's architecture: R-SGH's search space with its tie and redundancy terms
+  switched off (the same families, depths, widths, scalings, batch sizes and learning rates);
+- ``rsgh``: R-SGH, its readings of the sources among the choices.
+
+R-SGH against ``sgh-arch`` asks whether R-SGH's terms help a model; R-SGH against ``sgh`` whether the best
+R-SGH beats the best SGH of any architecture.
+
+A study searches one arm on one dataset at one code length (:func:`suggest`). Each trial trains one
+model (seed 0) with the compiled step, evaluates the validation mAP after every epoch, keeps its best
+epoch (stopping after ``PATIENCE`` evaluations without a better one) and reports each value to Optuna,
+whose median pruner stops trials behind the median of earlier ones at the same epoch. The test
+queries are never looked at here: a trial's value is its best validation mAP.
+
+Storage: an Optuna journal (``journal.log``: one JSON line per event, append-only, so a study lives in
+the repository's results store and survives the machine) and ``best.json`` in the study's folder;
+the trials' run folders (models, checkpoints) in a scratch folder outside the store. An
+interrupted study continues: trials left running by a killed process are marked failed and asked
+again with the same parameters, resuming from their checkpoints where the scratch folder survived.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
+import warnings
 from pathlib import Path
 
 from ..config import Config, Runtime, make_config
 from ..files import atomic_text
 
-PATIENCE = 3  # evaluations (epochs) without a better validation mAP before a trial stops
+PATIENCE = 5  # evaluations (epochs) without a better validation mAP before a trial stops
+ARMS = {"sgh": "SGH", "sgh-arch": "SGH, R-SGH's architecture", "rsgh": "R-SGH"}  # arm -> label
 DATASETS = {  # the data of a study: dataset, features and their split (the test queries of the pages)
     "cifar10": dict(dataset="cifar10", features="gist", queries_per_class=100, validation_per_class=100),
     "mnist": dict(dataset="mnist", features="pixels", queries_per_class=100, validation_per_class=100),
     "fashion-mnist": dict(dataset="fashion-mnist", features="pixels", queries_per_class=100,
                           validation_per_class=100),
 }
+# The continuous ranges: (low, high, log scale). Wide enough that no study's best value lies in the outer
+# tenth of a range (:func:`edge_values`); the first round's studies had best values at the floors of lr
+# (1e-4), eta_step (1e-3) and prior (0.1).
+RANGES = {
+    "lr": (1e-5, 1e-1, True),  # Adam's step of the model (delta too, where delta is the model's step size)
+    "recon_sigma": (1e-2, 1e2, True),
+    "prior": (0.05, 0.95, False),
+    "delta": (1e-4, 1e1, True),  # weights of R-SGH's tie and redundancy terms (coupling=weights)
+    "eta": (1e-4, 1e1, True),
+    "adv_lr": (1e-4, 1.0, True),  # the adversary's step (coupling=weights)
+    "eta_step": (1e-5, 1.0, True),  # the adversary's step (coupling=step_sizes)
+    "tau": (3e-3, 0.5, True),
+}
+CHOICES = {
+    "feature_scaling": ["none", "center", "standardize", "whiten"],
+    "batch_size": [32, 64, 128, 256, 512],
+    "train_noise": ["uniform", "half"],
+    "width_factor": [1, 2],
+    "coupling": ["weights", "step_sizes"],
+    "tie_target": ["decoder", "encoder"],
+    "redundancy": ["activity", "kl", "correlation"],
+}
 
 
-def suggest(trial, method: str) -> dict:
-    """The search space: Optuna suggestions for one trial of ``method`` ("sgh" or "rsgh"), as
-    parameters that :func:`trial_config` turns into a configuration.
+def arm_method(arm: str) -> str:
+    if arm not in ARMS:
+        raise ValueError(f"arm must be one of {', '.join(ARMS)}; got {arm!r}")
+    return "rsgh" if arm == "rsgh" else "sgh"
+
+
+def suggest(trial, arm: str) -> dict:
+    """The search space: Optuna suggestions for one trial of ``arm``, as parameters that
+    :func:`trial_config` turns into a configuration.
 
     Left out: the distributional estimator. It decodes 2K variants of every code, 4.6x slower per step
     than the approximate one at K = 64, M = 4, batch 32 (measured on the development machine) and more
-    at larger batches, so one trial of 30 CIFAR-10 epochs would take up to an hour."""
-    p = {"feature_scaling": trial.suggest_categorical("feature_scaling", ["none", "center", "standardize", "whiten"]),
-         "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
-         "batch_size": trial.suggest_categorical("batch_size", [32, 64, 128, 256, 512]),
-         "train_noise": trial.suggest_categorical("train_noise", ["uniform", "half"])}
-    family = trial.suggest_categorical("family", ["mlp", "linear-reference"] if method == "sgh" else ["mlp"])
-    p["family"] = family
-    if family == "linear-reference":  # the published SGH code: linear, its own loss (SPEC section 2)
+    at larger batches."""
+    arm_method(arm)
+
+    def real(name):
+        low, high, log = RANGES[name]
+        return trial.suggest_float(name, low, high, log=log)
+
+    def choice(name, options=None):
+        return trial.suggest_categorical(name, options or CHOICES[name])
+
+    p = {"feature_scaling": choice("feature_scaling"), "lr": real("lr"), "batch_size": choice("batch_size"),
+         "train_noise": choice("train_noise")}
+    p["family"] = choice("family", ["mlp", "linear-reference"] if arm == "sgh" else ["mlp"])
+    if p["family"] == "linear-reference":  # the published SGH code: linear, its own loss (SPEC section 2)
         return p
-    p["hidden_layers"] = trial.suggest_categorical("hidden_layers", [0, 1, 2, 4] if method == "sgh" else [1, 2, 4])
+    p["hidden_layers"] = choice("hidden_layers", [0, 1, 2, 4] if arm == "sgh" else [1, 2, 4])
     if p["hidden_layers"] >= 2:
-        p["width_factor"] = trial.suggest_categorical("width_factor", [1, 2])
-    p["recon_sigma"] = trial.suggest_float("recon_sigma", 0.1, 10.0, log=True)
-    p["prior"] = trial.suggest_float("prior", 0.1, 0.5)
-    if method == "rsgh":
-        p["coupling"] = trial.suggest_categorical("coupling", ["weights", "step_sizes"])
+        p["width_factor"] = choice("width_factor")
+    p["recon_sigma"], p["prior"] = real("recon_sigma"), real("prior")
+    if arm == "rsgh":
+        p["coupling"] = choice("coupling")
         if p["coupling"] == "weights":
-            p["delta"] = trial.suggest_float("delta", 1e-3, 1.0, log=True)
-            p["eta"] = trial.suggest_float("eta", 1e-3, 1.0, log=True)
-            p["adv_lr"] = trial.suggest_float("adv_lr", 1e-3, 1e-1, log=True)
-        else:  # delta and eta are the step sizes of the model and of the adversary
-            p["delta"] = trial.suggest_float("delta_step", 1e-4, 1e-2, log=True)
-            p["eta"] = trial.suggest_float("eta_step", 1e-3, 1e-1, log=True)
-        p["tau"] = trial.suggest_float("tau", 0.01, 0.2, log=True)
-        p["tie_target"] = trial.suggest_categorical("tie_target", ["decoder", "encoder"])
-        p["redundancy"] = trial.suggest_categorical("redundancy", ["activity", "kl", "correlation"])
+            p["delta"], p["eta"], p["adv_lr"] = real("delta"), real("eta"), real("adv_lr")
+        else:  # delta and eta are the step sizes of the model (the same lr as the other arms) and of the adversary
+            p["delta"], p["eta"] = p["lr"], real("eta_step")
+        p["tau"] = real("tau")
+        p["tie_target"], p["redundancy"] = choice("tie_target"), choice("redundancy")
     return p
 
 
-def trial_config(params: dict, method: str, dataset: str, bits: int, max_epochs: int, seed: int = 0) -> Config:
+def trial_config(params: dict, arm: str, dataset: str, bits: int, max_epochs: int, seed: int = 0) -> Config:
     """The configuration of a trial's parameters at ``bits`` (a best configuration retrained at other code
     lengths keeps its width factor), trained up to ``max_epochs`` with early stopping."""
     p = dict(params)
     family, factor = p.pop("family", "mlp"), p.pop("width_factor", 1)
-    base = dict(DATASETS[dataset], task="retrieval", method=method, bits=bits, seed=seed, epochs=max_epochs,
-                eval_epochs=1, patience=PATIENCE)
+    base = dict(DATASETS[dataset], task="retrieval", method=arm_method(arm), bits=bits, seed=seed,
+                epochs=max_epochs, eval_epochs=1, patience=PATIENCE)
     if family == "linear-reference":
         base.update(arch="reference", objective="reference", hidden_layers=0)
     else:
@@ -82,11 +122,48 @@ def trial_config(params: dict, method: str, dataset: str, bits: int, max_epochs:
     return make_config(None, dict(base, **p))
 
 
-def _report_hook(storage: str, study_name: str, trial_id: int):
+def study_name(arm: str, dataset: str, bits: int) -> str:
+    arm_method(arm)
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
+    return f"{dataset}-k{bits}-{arm}"
+
+
+def journal_storage(folder: str | Path):
+    """The Optuna storage of a study folder: its append-only journal file (several processes may write)."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    path = Path(folder) / "journal.log"
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def open_study(arm: str, dataset: str, bits: int, folder: str | Path, create: bool = True, seed: int = 0):
+    """The study of ``arm`` on ``dataset`` at ``bits`` in ``folder`` (created or continued; ``create=False``:
+    an existing one only, read)."""
+    import optuna
+
+    name, folder = study_name(arm, dataset, bits), Path(folder)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    if not create:
+        if not (folder / "journal.log").exists():
+            raise FileNotFoundError(f"{folder / 'journal.log'} not found: the study {name} has not been run "
+                                    f"(python -m rsgh study --arm {arm} --dataset {dataset} --bits {bits} ...)")
+        return optuna.load_study(study_name=name, storage=journal_storage(folder))
+    folder.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # multivariate, group and constant_liar are "experimental" (a line each)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+    return optuna.create_study(study_name=name, storage=journal_storage(folder), direction="maximize",
+                               load_if_exists=True, sampler=sampler,
+                               pruner=optuna.pruners.MedianPruner(n_startup_trials=6, n_warmup_steps=2))
+
+
+def _report_hook(folder: str, study_name: str, trial_id: int):
     """A training hook that reports each validation mAP to Optuna and stops a pruned trial."""
     import optuna
 
-    study = optuna.load_study(study_name=study_name, storage=storage)
+    study = optuna.load_study(study_name=study_name, storage=journal_storage(folder))
     trial = optuna.trial.Trial(study, trial_id)
 
     def hook(g, row):
@@ -98,11 +175,13 @@ def _report_hook(storage: str, study_name: str, trial_id: int):
     return hook
 
 
-def run_trial(cfg: Config, out: str, data_root, storage: str, study_name: str, trial_id: int) -> dict:
+def run_trial(cfg: Config, out: str, data_root, folder: str, study_name: str, trial_id: int,
+              runtime: Runtime | None = None) -> dict:
     """A Dask task: train one trial's model (resuming its run folder), reporting to the study.
-    Returns its state, best validation mAP, epochs trained and wall time."""
+    Returns its state, best validation mAP, its epoch, the epochs trained and the wall time."""
     import optuna
 
+    from ..errors import DivergedError
     from ..train.rundir import RunDir
     from ..train.task import run_group
     from .schedule import tune_worker_process
@@ -110,17 +189,17 @@ def run_trial(cfg: Config, out: str, data_root, storage: str, study_name: str, t
     tune_worker_process(1)
     t0, state = time.perf_counter(), "complete"
     try:
-        run_group([cfg], [out], data_root, Runtime(progress=False), resume=True,
-                  hooks=(_report_hook(storage, study_name, trial_id),))
+        run_group([cfg], [out], data_root, runtime or Runtime(progress=False, compile_step=True), resume=True,
+                  hooks=(_report_hook(folder, study_name, trial_id),))
     except optuna.TrialPruned:
         state = "pruned"
+    except DivergedError:  # a step size too large for the problem: the trial ends as pruned, at its last value
+        state = "diverged"
     metrics = RunDir(out).read_metrics()
-    return {"state": state, "value": float(metrics["val_map"].max()), "epochs": float(metrics["epoch"].max()),
-            "seconds": time.perf_counter() - t0}
-
-
-def _storage(out: Path, storage: str | None) -> str:
-    return storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    valid = metrics[(metrics["iteration"] > 0) & metrics["val_map"].notna()]
+    best = valid.loc[valid["val_map"].idxmax()] if len(valid) else {"val_map": float("nan"), "epoch": 0.0}
+    return {"state": state, "value": float(best["val_map"]), "best_epoch": float(best["epoch"]),
+            "epochs": float(metrics["epoch"].max()), "seconds": time.perf_counter() - t0}
 
 
 def counts(study) -> dict:
@@ -129,21 +208,6 @@ def counts(study) -> dict:
     states = [t.state for t in study.trials]
     return {"complete": states.count(TrialState.COMPLETE), "pruned": states.count(TrialState.PRUNED),
             "failed": states.count(TrialState.FAIL), "running": states.count(TrialState.RUNNING)}
-
-
-def open_study(method: str, dataset: str, bits: int, out: str | Path, storage: str | None = None, seed: int = 0):
-    """The study of ``method`` on ``dataset`` at ``bits`` in folder ``out`` (created or continued)."""
-    import optuna
-
-    if method not in ("sgh", "rsgh") or dataset not in DATASETS:
-        raise ValueError(f"method must be sgh or rsgh and dataset one of {', '.join(DATASETS)}; got {method}, {dataset}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(
-        study_name=f"{method}-{dataset}-k{bits}", storage=_storage(out, storage), direction="maximize",
-        load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=6, n_warmup_steps=2))
 
 
 def _requeue_interrupted(study) -> None:
@@ -156,31 +220,40 @@ def _requeue_interrupted(study) -> None:
             study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number}, skip_if_exists=True)
 
 
-def run_study(method: str, dataset: str, bits: int, trials: int, max_epochs: int, out: str | Path,
-              storage: str | None = None, data_root=None, scheduler: str | None = None, progress: bool = True) -> dict:
+def run_study(arm: str, dataset: str, bits: int, trials: int, max_epochs: int, folder: str | Path,
+              scratch: str | Path | None = None, data_root=None, scheduler: str | None = None,
+              progress: bool = True, runtime: Runtime | None = None) -> dict:
     """Run the study until it has ``trials`` finished (complete or pruned) trials; write and return
-    ``best.json``."""
+    ``best.json``. ``folder`` holds the journal and best.json; the trials' run folders go to
+    ``scratch/<study name>/trials`` (default: ``studies/``)."""
     from distributed import as_completed
     from optuna.trial import TrialState
 
+    from ..train.task import task_data
     from .schedule import get_client, n_workers
 
-    out = Path(out)
-    study = open_study(method, dataset, bits, out, storage)
-    storage_url = _storage(out, storage)
+    folder = Path(folder)
+    study = open_study(arm, dataset, bits, folder)
+    trials_dir = Path(scratch or "studies") / study.study_name / "trials"
+    study.set_user_attr("ranges", {k: list(v) for k, v in RANGES.items()})
+    study.set_user_attr("max_epochs", max_epochs)
+    study.set_user_attr("patience", PATIENCE)
     _requeue_interrupted(study)
     client = get_client(scheduler)
+    # the features computed (GIST) and cached once, here, not by every worker at once
+    task_data(make_config(None, dict(DATASETS[dataset], task="retrieval", method="sgh", bits=bits)), data_root,
+              progress=progress)
     t0, wall_before = time.time(), float(study.user_attrs.get("wall_seconds", 0.0))
     running: dict = {}
 
     def submit():
         trial = study.ask()
-        cfg = trial_config(suggest(trial, method), method, dataset, bits, max_epochs)
-        run_out = str(out / "trials" / cfg.run_name())
-        trial.set_user_attr("run", run_out)
-        # the worker reports to this trial through the storage: it needs the trial's storage id
-        future = client.submit(run_trial, cfg, run_out, data_root, storage_url, study.study_name, trial._trial_id,
-                               pure=False)
+        cfg = trial_config(suggest(trial, arm), arm, dataset, bits, max_epochs)
+        run_out = str(trials_dir / cfg.run_name())
+        trial.set_user_attr("run", cfg.run_name())
+        # the worker reports to this trial through the journal: it needs the trial's storage id
+        future = client.submit(run_trial, cfg, run_out, data_root, str(folder), study.study_name, trial._trial_id,
+                               runtime, pure=False)
         running[future] = trial
 
     def finished():
@@ -193,46 +266,60 @@ def run_study(method: str, dataset: str, bits: int, trials: int, max_epochs: int
     for future in pending:
         trial = running.pop(future)
         result = future.result()  # a real error (a bad configuration) stops the study with its message
-        for key in ("epochs", "seconds"):
+        for key in ("best_epoch", "epochs", "seconds", "state"):
             trial.set_user_attr(key, result[key])
-        state = TrialState.PRUNED if result["state"] == "pruned" else TrialState.COMPLETE
+        state = TrialState.COMPLETE if result["state"] == "complete" else TrialState.PRUNED
         study.tell(trial, None if state == TrialState.PRUNED else result["value"], state=state)
         study.set_user_attr("wall_seconds", wall_before + time.time() - t0)
         if progress:
             print(f"{study.study_name}: trial {trial.number} {result['state']} val mAP {result['value']:.4f} "
-                  f"({result['seconds']:.0f} s); {finished()} of {trials}", flush=True)
+                  f"epoch {result['best_epoch']:g} of {result['epochs']:g} ({result['seconds']:.0f} s); "
+                  f"{finished()} of {trials}", flush=True)
         if finished() + len(running) < trials:
             submit()
             pending.add(next(reversed(running)))
-    return write_best(study, out)
+    return write_best(study, folder)
 
 
-def write_best(study, out: Path) -> dict:
+def write_best(study, folder: Path) -> dict:
     best = study.best_trial
     doc = {"study": study.study_name, "params": best.params, "validation_map": best.value,
-           "trial": best.number, "trials": counts(study), "wall_seconds": study.user_attrs.get("wall_seconds"),
-           "run": best.user_attrs.get("run")}
-    atomic_text(out / "best.json", json.dumps(doc, indent=2))
+           "trial": best.number, "best_epoch": best.user_attrs.get("best_epoch"),
+           "epochs": best.user_attrs.get("epochs"), "trials": counts(study),
+           "wall_seconds": study.user_attrs.get("wall_seconds"), "run": best.user_attrs.get("run"),
+           "edges": edge_values(study)}
+    atomic_text(Path(folder) / "best.json", json.dumps(doc, indent=2))
     return doc
 
 
-def best_params(study_dir: str | Path, method: str) -> dict:
+def edge_values(study, share: float = 0.1) -> dict:
+    """The best trial's continuous parameters that lie within the outer ``share`` of their range (in log
+    scale where the range is): {name: [value, low, high]}; empty when the optimum lies inside."""
+    from optuna.distributions import FloatDistribution
+
+    best, out = study.best_trial, {}
+    for name, value in best.params.items():
+        dist = best.distributions[name]
+        if not isinstance(dist, FloatDistribution):
+            continue
+        scale = math.log if dist.log else (lambda v: v)
+        low, high = scale(dist.low), scale(dist.high)
+        where = (scale(value) - low) / (high - low)
+        if where < share or where > 1 - share:
+            out[name] = [value, dist.low, dist.high]
+    return out
+
+
+def best_params(folder: str | Path, arm: str) -> dict:
     """The parameters of a finished study's best trial, as :func:`suggest` gives them (from best.json)."""
     import optuna
 
-    path = Path(study_dir) / "best.json"
+    path = Path(folder) / "best.json"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run the study first (python -m rsgh study ... --out {study_dir})")
+        raise FileNotFoundError(f"{path} not found: run the study first (python -m rsgh study --arm {arm} ...)")
     params = json.loads(path.read_text())["params"]
     try:
-        return suggest(optuna.trial.FixedTrial(params), method)
+        return suggest(optuna.trial.FixedTrial(params), arm)
     except ValueError as err:  # FixedTrial: a value outside today's search space
         raise ValueError(f"{path}: the best parameters ({err}) are outside the search space of this version of "
                          "rsgh; the study was run with another one: run it again in a new folder") from None
-
-
-def tuned_configs(study_dirs: dict, dataset: str, bits, seeds, max_epochs: int) -> list[tuple[str, Config]]:
-    """Each method's best configuration (``study_dirs``: method -> study folder) at every code length and
-    seed: the final comparison, measured once on the test queries."""
-    return [("tuned", trial_config(best_params(study_dirs[m], m), m, dataset, k, max_epochs, seed=s))
-            for k in bits for m in ("sgh", "rsgh") for s in seeds]
