@@ -22,6 +22,9 @@ The public API (imported lazily, so ``import rsgh`` is cheap)::
     rsgh.mean_average_precision(q, db, ql, dbl)    exact expected mAP under random order within ties
     rsgh.recall_at_n(q, db, neighbours, ns)        Recall@N of true neighbours, exact under random ties
     rsgh.gist.gist(images)                         GIST-512 descriptors (the module rsgh.gist)
+
+Every module is reachable as an attribute without an explicit import (``rsgh.gist``, ``rsgh.metrics``,
+``rsgh.data``, ``rsgh.book`` ...): the first access imports it.
 """
 
 __version__ = "0.2.0"
@@ -34,14 +37,20 @@ _API = {
 }
 
 
-def __getattr__(name):
-    if name in _API:
-        import importlib
+_MODULES = ("gist", "metrics", "config", "errors", "files", "paths", "cli",
+            "data", "method", "eval", "train", "book", "index")
 
+
+def __getattr__(name):
+    import importlib
+
+    if name in _API:
         module, attr = _API[name]
         return getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+    if name in _MODULES:  # a submodule on first use: rsgh.gist.gist(x) after a bare ``import rsgh``
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_API))
+    return sorted(set(globals()) | set(_API) | set(_MODULES))

@@ -78,3 +78,26 @@ def test_public_api_and_old_import_paths():
     assert rsgh.mean_average_precision is mean_average_precision and callable(gist)
     for name in ("train_model", "load_model", "recall_at_n", "make_config", "Config", "Runtime"):
         assert callable(getattr(rsgh, name)), name
+
+
+def test_every_module_is_in_a_regular_package_and_reachable_from_rsgh():
+    """Every folder of the package has an ``__init__.py`` with its one job, so ``pkgutil`` (and doc tools)
+    find every module; a bare ``import rsgh`` reaches the subpackages and old modules as attributes."""
+    import importlib
+    import pkgutil
+
+    import rsgh
+
+    folders = sorted(p.parent for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
+    for folder in set(folders):
+        init = folder / "__init__.py"
+        assert init.exists(), f"{folder.relative_to(PACKAGE.parent)} has no __init__.py"
+        doc = ast.get_docstring(ast.parse(init.read_text()))
+        assert doc and doc.strip(), f"{init.relative_to(PACKAGE.parent)} has no docstring saying its job"
+    found = {m.name for m in pkgutil.walk_packages(rsgh.__path__, "rsgh.")}
+    files = {"rsgh." + ".".join(p.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__")
+             for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts} - {"rsgh", "rsgh.__init__"}
+    assert files <= found, sorted(files - found)
+    for name in ("gist", "metrics", "data", "method", "eval", "train", "book", "index"):
+        assert getattr(rsgh, name) is importlib.import_module(f"rsgh.{name}"), name
+    assert callable(rsgh.gist.gist) and "gist" in dir(rsgh)

@@ -1,0 +1,1 @@
+"""Hashing your own images: a trained model's encoder, an index on disk, search and evaluation."""
