@@ -1,6 +1,11 @@
-"""Figures of the book's pages (matplotlib / seaborn), and the provenance table.
+"""Figures of the book's pages, all in the one style of :mod:`rsgh.book.style` (a method's colour and
+marker on every page, human axis labels, integer epoch ticks, at most two panels per row).
 
-Nothing here changes a number: it only draws what the experiments and the run folders hold.
+Nothing here changes a number: it only draws what the experiments and the run folders hold. A figure
+function returns a matplotlib figure, or, when there is nothing to draw, a :class:`NothingToShow`
+(falsy; displayed as the sentence that says why). Panels that would show nothing (every line flat at
+the same value) are left out and said in ``fig.notes``, which :func:`rsgh.book.style.glue_figure`
+appends to the caption. Show a figure on a page with ``style.glue_figure(name, fig, caption, alt)``.
 """
 
 from __future__ import annotations
@@ -11,166 +16,289 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 
 from ..train.rundir import RunDir
+from . import style
 
-PALETTE = {"SGH": "#1f77b4", "R-SGH": "#d62728"}
+PALETTE = {name: look.color for name, look in style.METHODS.items()}  # kept for older callers
 
 
-def curves_over_epochs(curves: pd.DataFrame, columns: Sequence[str], titles: Sequence[str],
+class NothingToShow:
+    """What a figure function returns when it has nothing to draw: falsy, shown as its sentence."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def _repr_markdown_(self) -> str:
+        return self.text
+
+
+def _flat(lines: dict[str, np.ndarray]) -> float | None:
+    """The value every line holds at every point, if they all hold one (a panel that shows nothing);
+    NaN when there are no values at all."""
+    values = np.concatenate([np.asarray(v, dtype=float) for v in lines.values()]) if lines else np.array([])
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return np.nan
+    return float(values[0]) if np.allclose(values, values[0], rtol=0, atol=1e-9) else None
+
+
+def _mean_sd(data: pd.DataFrame, hue: str, column: str) -> dict[str, pd.DataFrame]:
+    """Per label: the mean and standard deviation over seeds of ``column`` at each epoch."""
+    out = {}
+    for label, part in data.groupby(hue, sort=False):
+        stats = part.groupby("epoch")[column].agg(["mean", "std", "count"]).dropna(subset=["mean"])
+        out[label] = stats
+    return out
+
+
+def _line(ax, x, y, look: dict, label: str, sd=None, points: int = 8) -> None:
+    """A mean line with sparse markers and, with several seeds, a band of one standard deviation."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    ax.plot(x, y, label=label, color=look["color"], linestyle=look["linestyle"], marker=look["marker"],
+            markevery=max(1, len(x) // points))
+    if sd is not None and np.isfinite(np.asarray(sd, dtype=float)).any():
+        sd = np.nan_to_num(np.asarray(sd, dtype=float))
+        ax.fill_between(x, y - sd, y + sd, color=look["color"], alpha=0.15, linewidth=0)
+
+
+def curves_over_epochs(curves: pd.DataFrame, columns: Sequence[str], titles: Sequence[str] | None = None,
                        hue: str = "method", palette=None, start_epoch: float = 0.0, shared_legend: bool = False,
                        ncols: int | None = None):
-    """One panel per column: mean over seeds with a band of one standard deviation.
-
-    ``shared_legend``: one legend below the panels instead of one in each (for many lines);
-    ``ncols``: panels per row (default: all in one row)."""
-    ncols = ncols or len(columns)
-    nrows = -(-len(columns) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.6 * nrows), squeeze=False)
-    axes = axes.ravel()
-    spare = list(axes[len(columns):])
-    for ax in spare:
-        ax.axis("off")
+    """One panel per column (at most two per row): the mean over seeds against epoch, with a band of
+    one standard deviation. ``titles``: the panels' titles (the y axis always has the column's human
+    label). A column whose every line is flat at one value (e.g. 64 of 64 units active for every
+    model) is left out and said in ``fig.notes``; if every column is, a :class:`NothingToShow`.
+    ``shared_legend``: one legend for the figure (in a spare panel, else below the panels)."""
+    titles = list(titles) if titles is not None else [style.axis_label(c) for c in columns]
     data = curves[curves["epoch"] >= start_epoch]
-    for ax, col, title in zip(axes, columns, titles):
-        sns.lineplot(data=data, x="epoch", y=col, hue=hue, errorbar="sd", ax=ax,
-                     palette=palette or (PALETTE if hue == "method" else None))
+    labels = list(dict.fromkeys(data[hue])) if len(data) else []
+    looks = style.looks(labels)
+    if palette:
+        looks = {k: dict(v, color=palette.get(k, v["color"])) for k, v in looks.items()}
+    panels, notes = [], []
+    for col, title in zip(columns, titles):
+        stats = _mean_sd(data, hue, col) if col in data else {}
+        value = _flat({"all": data[col].to_numpy()}) if col in data else np.nan  # every seed's value, not the means
+        if value is None:
+            panels.append((col, title, stats))
+        elif np.isnan(value):
+            notes.append(f"{title}: not measured in these runs.")
+        else:
+            notes.append(f"{title}: {value:g} for every run at every epoch shown, so its panel is left out.")
+    if not panels:
+        return NothingToShow(" ".join(notes) or "No curves to show.")
+    fig, axes, spare = style.subplots(len(panels), ncols)
+    for ax, (col, title, stats) in zip(axes, panels):
+        for label, s in stats.items():
+            _line(ax, s.index, s["mean"], looks[label], str(label), s["std"] if (s["count"] > 1).any() else None)
         ax.set_title(title)
-        ax.set_ylabel(col)
-        ax.grid(alpha=0.3)
-    if shared_legend:
-        handles, labels = axes[0].get_legend_handles_labels()
-        for ax in axes[:len(columns)]:
-            ax.get_legend().remove()
+        style.label_axes(ax, "epoch", col)
+    handles, names = axes[0].get_legend_handles_labels()
+    if shared_legend or len(panels) > 1:
         if spare:  # in the first unused panel
-            spare[0].legend(handles, labels, loc="center", frameon=False, title=hue)
+            spare[0].legend(handles, names, loc="center", title=None if hue == "method" else hue)
             fig.tight_layout()
-        else:  # below the panels
-            rows = -(-len(labels) // 3)
-            fig.tight_layout(rect=(0, (0.05 + 0.05 * rows) / nrows, 1, 1))
-            fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), frameon=False, title=hue)
+        else:
+            style.legend_below(fig, handles, names, title=None if hue == "method" else hue)
     else:
+        axes[0].legend()
         fig.tight_layout()
+    fig.notes = notes
     return fig
 
 
 def kl_heatmaps(run_dirs: Sequence[str | Path], labels: Sequence[str], value: str = "kl"):
-    """Per-bit KL (or activity) over epochs, bits sorted by their final value, one panel per run."""
-    fig, axes = plt.subplots(1, len(run_dirs), figsize=(5.2 * len(run_dirs), 3.8), squeeze=False)
-    vmax = 0.0
+    """Per-bit KL (or activity) over epochs, bits sorted by their final value, one panel per run (at most
+    two per row), on one colour scale."""
     tables = []
     for d in run_dirs:
         u = RunDir(d).read_units()
         t = u.pivot(index="bit", columns="epoch", values=value)
-        t = t.loc[t.iloc[:, -1].sort_values(ascending=False).index]
-        tables.append(t)
-        vmax = max(vmax, float(np.nanmax(t.values)))
-    for ax, t, label in zip(axes[0], tables, labels):
-        sns.heatmap(t.values, ax=ax, cmap="viridis", vmin=0, vmax=vmax, cbar_kws={"label": value})
-        ticks = np.linspace(0, t.shape[1] - 1, min(6, t.shape[1])).astype(int)
-        ax.set_xticks(ticks + 0.5, [f"{t.columns[i]:g}" for i in ticks], rotation=0)
+        tables.append(t.loc[t.iloc[:, -1].sort_values(ascending=False).index])
+    if not tables:
+        return NothingToShow("No runs to show.")
+    vmax = max(float(np.nanmax(t.values)) for t in tables) or 1.0
+    fig, axes, _ = style.subplots(len(tables), height=3.0)
+    name = style.axis_label(value)
+    for ax, t, label in zip(axes, tables, labels):
+        epochs = np.asarray(t.columns, dtype=float)
+        image = ax.imshow(t.values, aspect="auto", cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest",
+                          extent=(epochs.min() - 0.5, epochs.max() + 0.5, t.shape[0], 0))
+        style.integer_ticks(ax, "x")
+        ax.grid(False)
         ax.set_yticks([])
         ax.set_xlabel("epoch")
-        ax.set_ylabel(f"{t.shape[0]} bits, sorted by final {value}")
-        ax.set_title(label)
+        ax.set_ylabel(f"{t.shape[0]} bits, sorted")
+        ax.set_title(str(label))
     fig.tight_layout()
+    fig.colorbar(image, ax=axes, label=name, shrink=0.9)
     return fig
 
 
-def pr_and_precision_at_k(run_dirs: Sequence[str | Path], labels: Sequence[str]):
-    """Precision-recall points by Hamming radius, and precision@k, of the final codes."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10.4, 3.8))
-    for d, label in zip(run_dirs, labels):
-        r = RunDir(d).read_retrieval()
-        pr = pd.DataFrame(r["pr_curve"])
-        ax1.plot(pr["recall"], pr["precision"], marker=".", label=label)
-        ks = sorted(int(k) for k in r["precision_at_k"])
-        ax2.plot(ks, [r["precision_at_k"][str(k)] for k in ks], marker="o", label=label)
-    ax1.set(xlabel="recall", ylabel="precision", title="precision-recall (Hamming radius 0..K)")
-    ax2.set(xlabel="k", ylabel="precision@k", title="precision@k (exact under random tie order)")
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+def pr_table(run_dirs: Sequence[str | Path], labels: Sequence[str], best: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The precision-recall points (``method, seed, radius, precision, recall``) and precision@k
+    (``method, seed, k, precision``) of the runs' test codes (``best``: of the best-validation model)."""
+    pr, pk = [], []
+    for i, (d, label) in enumerate(zip(run_dirs, labels)):
+        r = RunDir(d).read_retrieval(best=best)
+        if not r:
+            continue
+        seed = r.get("seed", i)
+        pr.append(pd.DataFrame(r["pr_curve"]).assign(method=label, seed=seed))
+        pk += [{"method": label, "seed": seed, "k": int(k), "precision": v} for k, v in r["precision_at_k"].items()]
+    return (pd.concat(pr, ignore_index=True) if pr else pd.DataFrame(columns=["method", "seed", "radius", "precision",
+                                                                              "recall"]),
+            pd.DataFrame(pk, columns=["method", "seed", "k", "precision"]))
+
+
+MIN_RECALL = 1e-3  # precision-recall points below this recall are left out (see pooled_pr)
+
+
+def pooled_pr(points: pd.DataFrame) -> pd.DataFrame:
+    """Precision-recall pooled over seeds: per method and Hamming radius, the mean of the seeds' precision
+    and recall. Points with a mean recall under ``MIN_RECALL`` are left out: at radius 0 or 1 most
+    queries retrieve nothing, and their precision (counted as 0) made the curve spike to 0 at recall 0."""
+    pooled = points.groupby(["method", "radius"], sort=False)[["precision", "recall"]].mean().reset_index()
+    return pooled[pooled["recall"] >= MIN_RECALL]
+
+
+def pr_and_precision_at_k(run_dirs: Sequence[str | Path] = (), labels: Sequence[str] = (),
+                          extra_pr: pd.DataFrame | None = None, extra_pk: pd.DataFrame | None = None,
+                          best: bool = False):
+    """Precision-recall by Hamming radius (pooled over seeds: give every seed's run, labelled by its
+    method) and precision@k, side by side. ``extra_pr`` / ``extra_pk``: more methods (the baselines) as
+    tables of the same columns as :func:`pr_table` gives."""
+    pr, pk = pr_table(run_dirs, labels, best)
+    if extra_pr is not None:
+        pr = pd.concat([pr, extra_pr[["method", "seed", "radius", "precision", "recall"]]], ignore_index=True)
+    if extra_pk is not None:
+        pk = pd.concat([pk, extra_pk[["method", "seed", "k", "precision"]]], ignore_index=True)
+    if pr.empty and pk.empty:
+        return NothingToShow("No retrieval results to show.")
+    looks = style.looks(list(dict.fromkeys(list(pr["method"]) + list(pk["method"]))))
+    fig, (ax1, ax2), _ = style.subplots(2, height=3.2)
+    for method, part in pooled_pr(pr).groupby("method", sort=False):
+        part = part.sort_values("radius")
+        _line(ax1, part["recall"], part["precision"], looks[method], str(method), points=12)
+    ax1.set(xlabel="recall", ylabel="precision", title="precision-recall by Hamming radius")
+    ax1.set_xlim(0, 1.02)
+    for method, part in pk.groupby("method", sort=False):
+        s = part.groupby("k")["precision"].agg(["mean", "std", "count"])
+        _line(ax2, s.index, s["mean"], looks[method], str(method), s["std"] if (s["count"] > 1).any() else None)
+    ax2.set(xlabel=style.axis_label("k"), ylabel="precision@k", title="precision@k")
+    handles, names = ax2.get_legend_handles_labels() if len(pk) else ax1.get_legend_handles_labels()
+    style.legend_below(fig, handles, names)
+    fig.notes = []
     return fig
 
 
-def provenance(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
-    """Data source with checksum, code commit, package versions, device and wall time per run."""
-    rows = []
-    for d in map(Path, run_dirs):
-        s = RunDir(d).read_summary()
-        v = s["versions"]
-        rows.append({"run": f"{d.parent.name}/{d.name}", "data": s["data_source"],
-                     "md5 of the data": " ".join(str(c)[:8] for c in s["data_checksums"].values()),
-                     "commit": s["git_commit"][:10], "versions": f"torch {v['torch']}, python {v['python']}",
-                     "device": f"{s['device']}, {s['threads']} thread, group of {s.get('group_size', 1)}",
-                     "epochs": round(s["epochs"], 2), "wall (s)": round(s["wall_time_s"])})
-    return pd.DataFrame(rows).set_index("run")
+def provenance(run_dirs: Sequence[str | Path]):
+    """The runs' provenance as a table that reads (see :func:`rsgh.book.tables.provenance_table`)."""
+    from .tables import provenance_table
+
+    return provenance_table(run_dirs)
 
 
 def validation_curves(curves: pd.DataFrame, finals: pd.DataFrame, column: str = "val_map"):
-    """Validation mAP against epoch from epoch 0, one panel per code length (mean over seeds, band = one
-    standard deviation), with a dotted line at each run's best validation epoch (the model kept)."""
+    """Validation mAP against epoch from epoch 0, one panel per code length (two per row; mean over
+    seeds, band = one standard deviation), with a dotted line at each run's best validation epoch (the
+    model kept)."""
     ks = sorted(curves["bits"].unique())
-    fig, axes = plt.subplots(1, len(ks), figsize=(5.2 * len(ks), 3.6), squeeze=False)
-    for ax, k in zip(axes[0], ks):
-        sns.lineplot(data=curves[curves["bits"] == k], x="epoch", y=column, hue="method", errorbar="sd", ax=ax,
-                     palette=PALETTE)
+    if not ks or column not in curves:
+        return NothingToShow("No validation curves: these runs were not validated during training.")
+    looks = style.looks(list(dict.fromkeys(curves["method"])))
+    fig, axes, _ = style.subplots(len(ks))
+    for ax, k in zip(axes, ks):
+        for label, s in _mean_sd(curves[curves["bits"] == k], "method", column).items():
+            _line(ax, s.index, s["mean"], looks[label], str(label), s["std"] if (s["count"] > 1).any() else None)
         for _, run in finals[finals["bits"] == k].iterrows():
             if np.isfinite(run.get("best_epoch", np.nan)):
-                ax.axvline(run["best_epoch"], color=PALETTE.get(run["method"], "grey"), ls=":", lw=1, alpha=0.8)
-        ax.set(title=f"K = {k}", ylabel="validation mAP" if column == "val_map" else column)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
+                ax.axvline(run["best_epoch"], color=looks.get(run["method"], {"color": "grey"})["color"], ls=":",
+                           lw=1, alpha=0.8)
+        ax.set_title(f"K = {k}")
+        style.label_axes(ax, "epoch", column)
+    handles, names = axes[0].get_legend_handles_labels()
+    style.legend_below(fig, handles, names)
+    fig.notes = ["Dotted lines: each run's best validation epoch, the model kept."]
     return fig
 
 
 def recall_curves(table: pd.DataFrame):
-    """Recall10@N against N (log scale), one panel per dataset and code length, one line per method
-    (mean over seeds)."""
+    """Recall10@N against N (log scale), one panel per dataset and code length (two per row), one line
+    per method (mean over seeds), one legend below."""
     datasets, ks = list(dict.fromkeys(table["dataset"])), sorted(table["bits"].unique())
-    fig, axes = plt.subplots(len(datasets), len(ks), figsize=(4.4 * len(ks), 3.4 * len(datasets)), squeeze=False)
-    for row, dataset in zip(axes, datasets):
-        for ax, k in zip(row, ks):
-            part = table[(table["dataset"] == dataset) & (table["bits"] == k)]
-            sns.lineplot(data=part, x="N", y="recall", hue="method", errorbar=None, ax=ax, legend=ax is axes[0][-1])
-            ax.set(xscale="log", title=f"{dataset}, K = {k}", ylabel="Recall10@N")
-            ax.grid(alpha=0.3, which="both")
-    if axes[0][-1].get_legend():
-        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=8, title=None)
-    fig.tight_layout()
+    cells = [(d, k) for d in datasets for k in ks if len(table[(table["dataset"] == d) & (table["bits"] == k)])]
+    if not cells:
+        return NothingToShow("No Recall@N results to show.")
+    looks = style.looks(list(dict.fromkeys(table["method"])))
+    fig, axes, spare = style.subplots(len(cells), height=2.8)
+    for ax, (dataset, k) in zip(axes, cells):
+        part = table[(table["dataset"] == dataset) & (table["bits"] == k)]
+        for method, p in part.groupby("method", sort=False):
+            s = p.groupby("N")["recall"].mean()
+            _line(ax, s.index, s.to_numpy(), looks[method], str(method))
+        ax.set(xscale="log", title=f"{dataset}, K = {k}")
+        style.label_axes(ax, "N", "recall")
+        ax.grid(alpha=0.3, which="both")
+    handles, names = [], []
+    for ax in axes:  # every method, even one missing from the first panel
+        for h, n in zip(*ax.get_legend_handles_labels()):
+            if n not in names:
+                handles.append(h)
+                names.append(n)
+    if spare:
+        spare[0].legend(handles, names, loc="center")
+        fig.tight_layout()
+    else:
+        style.legend_below(fig, handles, names, ncol=2)
+    fig.notes = []
     return fig
 
 
 def study_figures(studies: dict):
     """Each study's optimisation history (the validation mAP of every trial, pruned ones at their last
-    reported value, and the best so far) and Optuna's parameter importances (fANOVA), side by side."""
+    reported value, and the best so far), two studies per row, and Optuna's parameter importances
+    (fANOVA) below them. The history's points have the study's method colour."""
     import optuna
     from optuna.trial import TrialState
 
-    fig, axes = plt.subplots(2, len(studies), figsize=(6.5 * len(studies), 8.5), squeeze=False)
+    if not studies:
+        return NothingToShow("No studies to show.")
+    n = len(studies)
+    fig, axes, _ = style.subplots(2 * n, height=3.0)
     for col, (label, study) in enumerate(studies.items()):
-        ax = axes[0][col]
+        ax = axes[col]  # histories first, then the importances
+        color = style.looks([label])[label]["color"]
         done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
         value = {t.number: t.value if t.state == TrialState.COMPLETE else
                  (list(t.intermediate_values.values())[-1] if t.intermediate_values else np.nan) for t in done}
-        for state, marker in ((TrialState.COMPLETE, "o"), (TrialState.PRUNED, "x")):
+        for state, marker, fill in ((TrialState.COMPLETE, "o", color), (TrialState.PRUNED, "x", color)):
             xs = [t.number for t in done if t.state == state]
-            ax.scatter(xs, [value[x] for x in xs], marker=marker, s=18, label=state.name.lower())
+            ax.scatter(xs, [value[x] for x in xs], marker=marker, s=16, color=fill, label=state.name.lower(),
+                       alpha=1.0 if state == TrialState.COMPLETE else 0.6)
         complete = sorted((t.number, t.value) for t in done if t.state == TrialState.COMPLETE)
         if complete:
-            ax.step([n for n, _ in complete], np.maximum.accumulate([v for _, v in complete]), where="post",
+            ax.step([c for c, _ in complete], np.maximum.accumulate([v for _, v in complete]), where="post",
                     color="black", lw=1, label="best so far")
         ax.set(title=f"{label}: trials", xlabel="trial", ylabel="validation mAP")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        importance = optuna.importance.get_param_importances(study)
-        ax = axes[1][col]
+        style.integer_ticks(ax, "x")
+        ax.legend(loc="lower right")
+        ax = axes[n + col]
+        try:
+            importance = optuna.importance.get_param_importances(study)
+        except (RuntimeError, ValueError):  # too few finished trials
+            importance = {}
         names = list(importance)[::-1]
-        ax.barh(names, [importance[n] for n in names], color="tab:blue")
-        ax.set(title=f"{label}: parameter importance (fANOVA)", xlabel="share of the variance of validation mAP")
+        ax.barh(names, [importance[k] for k in names], color=color)
+        ax.set(title=f"{label}: parameter importance", xlabel="share of the variance of validation mAP")
         ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
+    fig.notes = ["Importances: fANOVA over the finished trials; pruned trials at their last reported value."]
     return fig
