@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .config import PRESETS, Runtime, config_help, make_config, parse_overrides
 from .errors import UserError
+from .files import printable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,7 +111,7 @@ def cmd_encode(args) -> int:
     result = encode(args.model, args.images, args.out, progress=not args.quiet, quiet=args.quiet)
     manifest = result["manifest"]
     n, k = manifest["count"], manifest["bits"]
-    print(f"index {args.out}: {n:,} images ({manifest['labelled']:,} labelled), {k} bits, "
+    print(f"index {printable(args.out)}: {n:,} images ({manifest['labelled']:,} labelled), {k} bits, "
           f"{len(manifest['shards'])} shard(s); this encode added {result['added']:,} in {result['seconds']:.1f} s")
     print(f"memory for the codes: {n:,} x {k} bits / 8 = {manifest['memory_bytes']:,} bytes "
           f"({_human_bytes(manifest['memory_bytes'])})")
@@ -123,12 +124,12 @@ def cmd_search(args) -> int:
     results = search(args.index, args.queries, args.top, quiet=args.quiet)
     count = json.loads((Path(args.index) / "manifest.json").read_text())
     print(f"# {count['count']:,} indexed images, {count['bits']} bits; {TIE_NOTE}")
-    for r in results:
-        print(f"query {r['query']}: top {len(r['results'])}")
-        width = max(len(h["name"]) for h in r["results"])
+    for r in results:  # names and labels come from the index (perhaps a received one): printed safely
+        print(f"query {printable(r['query'])}: top {len(r['results'])}")
+        width = max(len(printable(h["name"])) for h in r["results"])
         print(f"  {'rank':>4}  {'distance':>8}  {'name':<{width}}  label")
         for h in r["results"]:
-            print(f"  {h['rank']:>4}  {h['distance']:>8}  {h['name']:<{width}}  {h['label'] or '-'}")
+            print(f"  {h['rank']:>4}  {h['distance']:>8}  {printable(h['name']):<{width}}  {printable(h['label'] or '-')}")
     return 0
 
 
@@ -154,9 +155,37 @@ def _human_bytes(n: int) -> str:
     return f"{n} B"
 
 
+class _Once(argparse._StoreAction):
+    """An option that takes one value: given twice, it is refused (argparse would keep the last)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, f"_given_{self.dest}", False):
+            raise argparse.ArgumentError(self, "given twice; give it once")
+        setattr(namespace, f"_given_{self.dest}", True)
+        super().__call__(parser, namespace, values, option_string)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a mistake said in one line and a pointer to --help (not a usage block), and
+    every single-valued option refused when given twice."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _Once)
+        self.register("action", "store", _Once)
+
+    def error(self, message):
+        self.exit(2, f"error: {printable(' '.join(message.split()))}; see '{self.prog} --help'\n")
+
+
+def path_arg(text: str) -> str:
+    """A path from the command line, ``~`` expanded (as a ``folder=`` or ``--images`` path is)."""
+    return os.path.expanduser(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rsgh", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="python -m rsgh", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     presets = "\n".join(f"  {name}: {', '.join(f'{k}={v}' for k, v in values.items())}"
                         for name, values in PRESETS.items())
     t = sub.add_parser(
@@ -164,31 +193,36 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"configs (presets over the defaults):\n{presets}\n\nparameters for --set (the last "
                f"{len(fields(Runtime))} are runtime settings, never part of a run's identity):\n{config_help()}")
-    t.add_argument("--config", nargs="+", choices=sorted(PRESETS),
-                   help="a preset (the defaults below when omitted); several presets are trained together as "
-                        "one group in lock-step, on one stream of batches (they must share the architecture)")
+    t.add_argument("--config", nargs="+", action="extend", choices=sorted(PRESETS),
+                   help="a preset (the defaults below when omitted); several presets (--config A B, or --config A "
+                        "--config B) are trained together as one group in lock-step, on one stream of batches (they "
+                        "must share the architecture), one --out each")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a parameter (repeatable)")
-    t.add_argument("--out", nargs="+", required=True,
-                   help="run directory, one per config (must be new or empty, unless --resume)")
+    t.add_argument("--out", nargs="+", action="extend", required=True, type=path_arg,
+                   help="run directory, one per config, in the order of the configs (must be new or empty, "
+                        "unless --resume)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    t.add_argument("--data-root", help="folder holding MNIST/raw etc. (default: $RSGH_DATA, else data/cache)")
+    t.add_argument("--data-root", type=path_arg,
+                   help="folder holding MNIST/raw etc. (default: $RSGH_DATA, else data/cache)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
     s = sub.add_parser("summarize", help="print final numbers and curves of finished runs")
-    s.add_argument("runs", nargs="+", help="run directories")
+    s.add_argument("runs", nargs="+", type=path_arg, help="run directories")
     s.add_argument("--every", type=int, default=5, help="print the curves every N evaluations (0: none)")
     s.set_defaults(func=cmd_summarize)
     r = sub.add_parser("reproduce", help="re-execute the book's notebooks into a separate folder and compare every "
                                          "published number (notebooks/plan.yml)")
     r.add_argument("--profile", default="paper", help="parameter set of the plan: paper (default), quick, smoke or full (the sources' budgets)")
-    r.add_argument("--out", help="folder of the re-executed book (default: reproduction/<profile>)")
-    r.add_argument("--plan", default=str(ROOT / "notebooks" / "plan.yml"))
-    r.add_argument("--only", nargs="+", help="run only these pages of the plan")
+    r.add_argument("--out", type=path_arg, help="folder of the re-executed book (default: reproduction/<profile>): "
+                                                 "new, empty, or a reproduction made by rsgh")
+    r.add_argument("--plan", type=path_arg, default=str(ROOT / "notebooks" / "plan.yml"))
+    r.add_argument("--only", nargs="+", action="extend", help="run only these pages of the plan")
     r.add_argument("--scheduler", help="a running Dask scheduler (tcp://HOST:PORT; default $RSGH_SCHEDULER, else "
                                        "a local cluster of one worker per core)")
-    r.add_argument("--published", default=str(ROOT / "book"), help="the published book to compare with")
+    r.add_argument("--published", type=path_arg, default=str(ROOT / "book"), help="the published book to compare with")
     r.add_argument("--no-build", action="store_true", help="do not build the reproduction's book")
-    r.add_argument("--runs-dir", help="where trained runs are kept and reused (default: the plan's, e.g. runs/)")
+    r.add_argument("--runs-dir", type=path_arg,
+                   help="where trained runs are kept and reused (default: the plan's, e.g. runs/)")
     r.add_argument("--publish", action="store_true",
                    help="then copy the executed pages into the published book (--published; for its maintainers)")
     r.set_defaults(func=cmd_reproduce)
@@ -203,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--out", required=True, help="study folder: journal.log (the Optuna journal) and best.json")
     st.add_argument("--scratch", default="studies",
                     help="where the trials' run folders (models, checkpoints) go (default: studies/)")
-    st.add_argument("--data-root", help="folder holding the datasets (default: $RSGH_DATA, else data/cache)")
+    st.add_argument("--data-root", type=path_arg,
+                    help="folder holding the datasets (default: $RSGH_DATA, else data/cache)")
     st.add_argument("--scheduler", help="a running Dask scheduler (default $RSGH_SCHEDULER, else a local cluster)")
     st.add_argument("--quiet", action="store_true", help="no line per trial")
     st.set_defaults(func=cmd_study)
@@ -223,12 +258,13 @@ def _add_index_parsers(sub) -> None:
             "are not there yet, as a new shard, and refuses a different model or feature pipeline.\n"
             "Undecodable files are reported and skipped. A kill at any moment leaves the previous index intact."),
         epilog="labels: an image's label is the name of the folder holding it (PATH/<class>/<image>)")
-    e.add_argument("--model", metavar="RUN_DIR",
+    e.add_argument("--model", metavar="RUN_DIR", type=path_arg,
                    help="finished run directory (model.pt, config.json[, feature_scaling.npz]); optional when "
                         "adding to an existing index (its own copy of the model is used)")
-    e.add_argument("--images", required=True, metavar="PATH",
+    e.add_argument("--images", required=True, metavar="PATH", type=path_arg,
                    help="folder of images (flat or <class>/<image>), a .tar/.tar.gz/.zip of one, or one image")
-    e.add_argument("--out", required=True, metavar="INDEX", help="index folder (new, empty, or an existing index)")
+    e.add_argument("--out", required=True, metavar="INDEX", type=path_arg,
+                   help="index folder (new, empty, or an existing index)")
     e.add_argument("--quiet", action="store_true", help="no progress bar and no notes")
     e.set_defaults(func=cmd_encode)
 
@@ -238,8 +274,8 @@ def _add_index_parsers(sub) -> None:
             "Encode each query image with the index's model and print its TOP nearest indexed images:\n"
             "rank, Hamming distance, file name and label. The search is exact (faiss IndexBinaryFlat);\n"
             "images at equal distance are listed in insertion order."))
-    s.add_argument("--index", required=True, metavar="INDEX", help="index folder made by encode")
-    s.add_argument("queries", nargs="+", metavar="QUERY_IMAGE", help="image file(s)")
+    s.add_argument("--index", required=True, metavar="INDEX", type=path_arg, help="index folder made by encode")
+    s.add_argument("queries", nargs="+", metavar="QUERY_IMAGE", type=path_arg, help="image file(s)")
     s.add_argument("--top", type=int, default=10, metavar="K", help="results per query (default 10)")
     s.add_argument("--quiet", action="store_true", help="no notes about converted images")
     s.set_defaults(func=cmd_search)
@@ -251,20 +287,26 @@ def _add_index_parsers(sub) -> None:
             "labelled index for each query: mAP (exact expectation over the order within Hamming ties,\n"
             "rsgh.eval.metrics), precision@k and precision within Hamming radius R. A database image is\n"
             "relevant to a query when their class folder names are equal."))
-    v.add_argument("--index", required=True, metavar="INDEX", help="index folder made by encode (labelled)")
-    v.add_argument("--queries", required=True, metavar="PATH", help="labelled query images: <class>/<image>")
+    v.add_argument("--index", required=True, metavar="INDEX", type=path_arg,
+                   help="index folder made by encode (labelled)")
+    v.add_argument("--queries", required=True, metavar="PATH", type=path_arg,
+                   help="labelled query images: <class>/<image>")
     v.add_argument("--k", type=int, nargs="+", default=[100, 500, 1000], help="precision@k (default 100 500 1000)")
     v.add_argument("--radius", type=int, default=2, help="Hamming radius of the radius precision (default 2)")
     v.add_argument("--quiet", action="store_true", help="no progress bar and no notes")
     v.set_defaults(func=cmd_evaluate)
 
 
-# The user's mistakes, said in one line. Everything else is a bug.
-USER_ERRORS = (ValueError, FileNotFoundError, OSError, UserError)
+# The user's mistakes, said in one line. Everything else is a bug. A MemoryError is the size of the input
+# (a dataset larger than this machine's memory, or a damaged file declaring a huge size), not a bug.
+USER_ERRORS = (ValueError, FileNotFoundError, OSError, UserError, MemoryError)
 
 
 def describe(err: BaseException) -> str:
     """One line for a user-facing error: what went wrong, on which file, and the fix."""
+    if isinstance(err, MemoryError):
+        return (f"out of memory ({' '.join(str(err).split()) or 'an allocation failed'}): the input needs more memory "
+                "than this machine has; use a smaller dataset or a machine with more memory")
     if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):
         where = f"{err.filename}: " if getattr(err, "filename", None) else ""
         if err.errno == errno.ENOSPC:
@@ -274,13 +316,17 @@ def describe(err: BaseException) -> str:
             return f"{where}the folder is {kind}; choose a writable --out (or RSGH_CACHE for the caches)"
         if err.errno == errno.ENOTDIR:
             return f"{where}a part of this path is a file, not a folder; choose another path"
+        if err.errno == errno.EEXIST:
+            return f"{where}a file of that name is in the way; choose another path or move that file"
+        if err.errno == errno.ELOOP:
+            return f"{where}a symbolic link is in the way (rsgh does not follow links there); remove it"
         return f"{where}{err.strerror or err}"
     return " ".join(str(err).split()) or type(err).__name__
 
 
 def _warning_line(message, category, filename, lineno, line=None) -> str:
     """A warning as one line (what was skipped or repaired), without the source line under it."""
-    return f"warning: {' '.join(str(message).split())}\n"
+    return f"warning: {printable(' '.join(str(message).split()))}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,13 +343,14 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         if debug:
             raise
-        print(f"error: {describe(err)}", file=sys.stderr)
+        print(f"error: {printable(describe(err))}", file=sys.stderr)
         return 2
     except Exception as err:  # a bug in rsgh
         if debug:
             raise
-        print(f"internal error ({type(err).__name__}: {' '.join(str(err).split())[:300]}); please report it, "
-              "with the traceback that RSGH_DEBUG=1 shows", file=sys.stderr)
+        what = printable(" ".join(str(err).split())[:300])
+        print(f"internal error ({type(err).__name__}: {what}); please report it, with the traceback that RSGH_DEBUG=1 "
+              "shows", file=sys.stderr)
         return 3
     finally:
         warnings.formatwarning = formatwarning

@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import json
 import math
+import os
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -113,6 +114,7 @@ class Config:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.prior < 1:
             raise ValueError(f"prior must lie strictly between 0 and 1, got {self.prior}")
+        _check_domains(self)
         if self.lr == 0 and self.coupling == "weights":
             raise ValueError("lr must be > 0 (the model would not learn)")
         if self.epochs == 0 and self.iterations == 0:
@@ -242,6 +244,9 @@ class Runtime:
                 raise ValueError(f"{f.name}={getattr(self, f.name)!r} is not one of {', '.join(choices)}")
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.threads > threads_max():
+            raise ValueError(f"threads={self.threads} is more than {threads_max()} (this machine has "
+                             f"{os.cpu_count()} cores; one thread is fastest for these small networks)")
         if self.device == "cuda":
             import torch
 
@@ -251,6 +256,42 @@ class Runtime:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# The real domain of a value, beyond its type and sign: what a run can compute with, checked before its
+# folder is made. Seeds are 64-bit (torch's generators); a float must be a normal float32 number (the
+# model computes in float32: 1e-300 is 0 there, 1e39 infinite); sizes stay where a model fits in memory.
+SEED_MAX = 2**63 - 1
+FLOAT32_TINY, FLOAT32_MAX = 1.1754944e-38, 3.4028235e38
+RANGES = {"bits": (1, 4096), "hidden_layers": (0, 64), "hidden_width": (0, 65536), "batch_size": (1, 1 << 24),
+          "image_size": (1, 4096), "seed": (0, SEED_MAX), "data_seed": (0, SEED_MAX), "split_seed": (0, SEED_MAX),
+          "recon_sigma": (1e-6, 1e6), "prior": (1e-6, 1 - 1e-6)}
+
+
+def _check_domains(cfg) -> None:
+    """A ValueError naming the first value outside its real domain (:data:`RANGES`; every integer a
+    64-bit one, every float a normal float32 number or 0)."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        low, high = RANGES.get(f.name, (None, None))
+        if low is not None and not low <= value <= high:
+            raise ValueError(f"{f.name}={value!r} is outside its range, {_number(low)} to {_number(high)}; choose "
+                             "a value in it")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > SEED_MAX:
+            raise ValueError(f"{f.name}={value} is larger than a 64-bit integer; choose a smaller value")
+        if isinstance(value, float) and value != 0 and not FLOAT32_TINY <= abs(value) <= FLOAT32_MAX:
+            raise ValueError(f"{f.name}={value!r} is not a normal float32 number (the model computes in float32, "
+                             f"where it would be {'0' if abs(value) < 1 else 'infinite'}); choose a value between "
+                             f"{FLOAT32_TINY:.3g} and {FLOAT32_MAX:.3g}")
+
+
+def _number(value) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def threads_max() -> int:
+    """The most torch threads a run may ask for: 256, or the number of cores when more."""
+    return max(256, os.cpu_count() or 1)
 
 
 def _check_type(name: str, value, kind) -> None:

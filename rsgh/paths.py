@@ -8,6 +8,16 @@ from pathlib import Path
 ENV_VAR = "RSGH_DATA"
 # The project's own download cache (ignored by git), beside the package in a checkout.
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "data" / "cache"
+# The published book: no command writes into it (only ``reproduce --publish``, for its maintainers).
+BOOK = Path(__file__).resolve().parent.parent / "book"
+
+
+def check_outside_book(path: str | os.PathLike, option: str = "--out", book: str | os.PathLike = BOOK) -> None:
+    """A ValueError when ``path`` is the published book or lies inside it (links and ``..`` resolved)."""
+    where, book = Path(path).expanduser().resolve(), Path(book).resolve()
+    if where == book or book in where.parents:
+        raise ValueError(f"{option} {path} is inside the published book ({book}), which commands never write "
+                         "into; choose a folder outside it")
 
 
 def data_root(explicit: str | os.PathLike | None = None) -> Path:

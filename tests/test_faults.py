@@ -73,13 +73,21 @@ def poison(path: Path, marker: Path, bare: bool = False) -> None:
 
 
 def snapshot(root: Path) -> dict:
-    """Every file and folder under ``root`` (hidden ones too) with its bytes and mtime."""
+    """Every file and folder under ``root`` (hidden ones too) with its bytes and mtime; a link with its
+    target, a FIFO or device by its kind (never opened)."""
     if not root.exists():
         return {}
     out = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
-        out[rel] = ("dir",) if p.is_dir() else (hashlib.sha1(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        if p.is_symlink():
+            out[rel] = ("link", os.readlink(p))
+        elif p.is_dir():
+            out[rel] = ("dir",)
+        elif not p.is_file():
+            out[rel] = ("special", p.lstat().st_mode)
+        else:
+            out[rel] = (hashlib.sha1(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
     return out
 
 

@@ -80,3 +80,125 @@ def missing_data_note(err: Exception, page: str) -> str:
     return (f"**The data of this page is not available on the machine that executed it, so there are no results "
             f"here.** {text}\n\nTo produce them: put the data in the data root and run "
             f"`python -m rsgh reproduce --only {page}`.")
+
+
+# ---------------------------------------------------------------------------------------------- on every page
+# The core files behind each source notebook (shown in its pages' rerun box); every page also names
+# its notebook. Paths relative to the repository root.
+SOURCES = {
+    "e1_mnist_reconstruction": ["rsgh/book/experiments.py", "rsgh/method/objective.py", "rsgh/method/measures.py",
+                                "rsgh/train/loop.py"],
+    "retrieval": ["rsgh/book/pages.py", "rsgh/book/experiments.py", "rsgh/eval/retrieval.py",
+                  "rsgh/eval/baselines.py", "rsgh/eval/metrics.py"],
+    "study": ["rsgh/book/study.py", "rsgh/book/comparison.py", "rsgh/book/search.py", "rsgh/eval/retrieval.py"],
+    "euclidean": ["rsgh/book/euclidean.py", "rsgh/book/comparison.py", "rsgh/eval/neighbours.py"],
+    "verdicts": ["rsgh/book/verdicts.py", "rsgh/book/comparison.py", "rsgh/book/pages.py"],
+    "ablation": ["rsgh/book/experiments.py", "rsgh/method/objective.py", "rsgh/config.py"],
+    "using_the_hash": ["rsgh/book/demo.py", "rsgh/index/encoder.py", "rsgh/index/store.py", "rsgh/index/query.py"],
+}
+ALWAYS = ["rsgh/book/figures.py", "rsgh/book/tables.py"]
+
+
+def rerun_markdown(page: str, sources: list[str] | None = None, plan=None) -> str:
+    """The MyST admonition of :func:`rerun_box` (``page``: the page's name in ``notebooks/plan.yml``;
+    an unknown name is an error, so a page never shows a command that fails)."""
+    from .reproduce import PLAN, load_plan
+
+    notebooks = load_plan(plan or PLAN)["notebooks"]
+    if page not in notebooks:
+        raise ValueError(f"rerun_box: no page {page!r} in the plan; it has {', '.join(notebooks)}")
+    source = notebooks[page].get("notebook", page)
+    files = [f"notebooks/{source}.ipynb", *(sources if sources is not None else SOURCES.get(source, [])), *ALWAYS]
+    listed = ", ".join(f"`{f}`" for f in dict.fromkeys(files))
+    return (f"````{{admonition}} Rerun this page\n:class: tip\n\n"
+            f"From the stored results, training nothing (minutes):\n\n"
+            f"```bash\npython -m rsgh reproduce --only {page} --profile render\n```\n\n"
+            f"Retraining its models, one seed each (the *Reproducibility* page gives the budgets):\n\n"
+            f"```bash\npython -m rsgh reproduce --only {page}\n```\n\n"
+            f"The page is made by {listed}.\n````\n")
+
+
+def rerun_box(page: str, sources: list[str] | None = None) -> None:
+    """Show a "Rerun this page" box: the exact commands that re-execute this page (from the results
+    store, or retraining) and the source files that made it. ``sources``: the core files, if not the
+    default of the page's notebook (``SOURCES``)."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(rerun_markdown(page, sources)))
+
+
+DATE_KEYS = ("finished_at", "end_time", "date", "finished", "started_at", "start_time")
+
+
+def provenance_text(runs) -> str:
+    """One line on the runs a page shows: how many, their commit(s), date range, CPU model(s), torch
+    version(s) and their total wall time (each lock-step group counted once). ``runs``: run folders,
+    summaries (``summary.json`` read as dicts) or an object with ``dirs`` (an experiment's results).
+    The date range is given only when the summaries hold a date (``finished_at`` or ``started_at``):
+    a file's modification time is not a reproducible record."""
+    from pathlib import Path
+
+    items = list(getattr(runs, "dirs", runs))
+    summaries = []
+    for item in items:
+        if isinstance(item, dict):
+            summaries.append(item)
+        else:
+            from ..train.rundir import RunDir
+
+            summaries.append(RunDir(Path(item)).read_summary())
+    if not summaries:
+        return "*Runs shown:* none."
+    commits = sorted({str(s.get("git_commit") or "unknown")[:10] + ("-dirty" if str(s.get("git_commit", "")).endswith(
+        "-dirty") else "") for s in summaries})
+    cpus = sorted({str(s.get("versions", {}).get("cpu") or "unknown CPU") for s in summaries})
+    torches = sorted({str(s.get("versions", {}).get("torch") or "unknown") for s in summaries})
+    groups, seconds = set(), 0.0
+    for i, s in enumerate(summaries):
+        key = tuple(s.get("group_runs") or [i])
+        if key not in groups:
+            groups.add(key)
+            seconds += float(s.get("wall_time_s") or 0.0)
+    dates = sorted(str(s[k])[:10] for s in summaries for k in DATE_KEYS if s.get(k))
+    parts = [f"{len(summaries)} run{'s' if len(summaries) != 1 else ''}",
+             f"commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}"]
+    if dates:
+        parts.append(dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}")
+    parts += [", ".join(cpus), f"torch {', '.join(torches)}", f"{_duration(seconds)} of training in all"]
+    return "*Runs shown:* " + "; ".join(parts) + "."
+
+
+def provenance_line(runs) -> None:
+    """Show :func:`provenance_text` as a line of the page."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(provenance_text(runs)))
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} hours"
+
+
+def strip_stderr(notebook_path) -> int:
+    """Remove every stderr stream output (warnings, progress bars, log lines with machine paths) from an
+    executed notebook, in place; returns how many were removed. Called after papermill, so that the
+    downloadable notebook holds what the page shows."""
+    import nbformat
+
+    from ..files import atomic_text
+
+    nb = nbformat.read(str(notebook_path), as_version=4)
+    removed = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = [o for o in cell.get("outputs", []) if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+        removed += len(cell.get("outputs", [])) - len(kept)
+        cell.outputs = kept
+    if removed:
+        atomic_text(notebook_path, nbformat.writes(nb))
+    return removed

@@ -34,13 +34,22 @@ import nbformat
 import yaml
 
 from ..errors import NotebookFailed
+from ..files import atomic_text, check_writable
+from ..paths import check_outside_book
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PLAN = ROOT / "notebooks" / "plan.yml"
 
 
 def load_plan(path: str | Path = PLAN) -> dict:
-    plan = yaml.safe_load(Path(path).read_text())
+    try:
+        plan = yaml.safe_load(Path(path).read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        what = getattr(err, "problem", None) or type(err).__name__
+        raise ValueError(f"{path} is not a readable YAML plan{where}: {what}; fix the file or give another --plan") \
+            from None
     if not isinstance(plan, dict) or not isinstance(plan.get("notebooks"), dict):
         raise ValueError(f"{path}: expected a mapping with a 'notebooks' section")
     return plan
@@ -232,6 +241,32 @@ def report_page(records: list[dict], profile: str, seconds: float, copied: Seque
     return "\n".join(lines) + "\n"
 
 
+# Written first into the folder of a reproduction: a folder holding it (or under reproduction/, the default
+# place) is one rsgh made, which a reproduction may continue and whose copy of the book's text it renews.
+MARKER = ".rsgh-reproduction"
+
+
+def _check_out(out: Path, published: Path) -> None:
+    """Refuse an ``--out`` that is (inside) the published book, a file, or a folder holding files that no
+    reproduction wrote (it must be new, empty or marked), or that is not writable. Writes nothing."""
+    check_outside_book(out, "--out", published)
+    check_outside_book(out, "--out")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file() and out.parent != ROOT / "reproduction":
+        names = sorted(p.name for p in out.iterdir())
+        raise ValueError(f"--out {out} holds files that are not a reproduction ({', '.join(names[:3])}"
+                         f"{', ...' if len(names) > 3 else ''}); choose a new or empty folder (nothing was written)")
+    check_writable(out)
+
+
+def _prepare_out(out: Path, published: Path) -> None:
+    """The reproduction's folder, marked as rsgh's, with the published book's text."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_text(out / MARKER, "a reproduction of the book, made by python -m rsgh reproduce\n")
+    _copy_book_text(published, out)
+
+
 def _copy_book_text(published: Path, out: Path) -> None:
     """The published book's text pages and configuration (not its executed notebooks) into ``out``."""
     for item in published.iterdir():
@@ -269,11 +304,10 @@ def reproduce(profile: str = "paper", out: str | Path | None = None, plan: str |
     ``publish``: then copy the executed pages into the published book (what its maintainers do to
     update it; never done otherwise)."""
     published = Path(published).resolve()
-    out = Path(out or ROOT / "reproduction" / profile).resolve()
-    if out == published:
-        raise ValueError(f"--out {out} is the published book: the reproduction goes into a folder of its own")
-    out.mkdir(parents=True, exist_ok=True)
-    _copy_book_text(published, out)
+    out = Path(out or ROOT / "reproduction" / profile).expanduser().resolve()
+    _check_out(out, published)  # outside the book; new, empty or a reproduction; writable: before anything is written
+    pages(plan, profile, only)  # an unknown profile or page is said before anything is written
+    _prepare_out(out, published)
     if scheduler:
         os.environ["RSGH_SCHEDULER"] = scheduler  # the notebooks' kernels inherit it
     else:

@@ -28,7 +28,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..files import atomic_write_file
+from ..files import atomic_write_file, is_regular, open_regular, printable
 from ..paths import cache_dir, env_positive_int
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
@@ -101,7 +101,7 @@ def file_md5(path: str | os.PathLike, memo: bool = True) -> str:
         if isinstance(known.get(key), str):
             return known[key]
     digest = hashlib.md5()
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         while chunk := fh.read(8 << 20):
             digest.update(chunk)
     md5 = digest.hexdigest()
@@ -163,6 +163,12 @@ def _bounded_read(fh, path: Path, name: str, declared: int, limit: int) -> bytes
     return data
 
 
+def read_file(path: Path, what: str = "image file") -> bytes:
+    """The bytes of one regular file, refused when larger than :func:`max_member_bytes`."""
+    with open_regular(path, what) as fh:
+        return _bounded_read(fh, path.parent, path.name, os.fstat(fh.fileno()).st_size, max_member_bytes())
+
+
 def _corrupt(path: Path, err) -> CorruptArchive:
     if isinstance(err, tarfile.ReadError) and err.__cause__ is not None:
         err = err.__cause__  # "not a gzip file" from a truncated one: say what went wrong
@@ -195,18 +201,26 @@ class Reader:
 
 
 class _FolderReader(Reader):
+    """The regular files of a folder (a link is followed to a regular file); a FIFO, a socket or a device
+    is skipped with a warning, never opened (a FIFO named ``x.png`` would block a read forever)."""
+
     def names(self):
-        out = []
+        out, special = [], []
         for dirpath, dirnames, filenames in os.walk(self.path):
             dirnames.sort()
             rel = Path(dirpath).relative_to(self.path)
-            out.extend((rel / f).as_posix() for f in sorted(filenames))
+            for f in sorted(filenames):
+                (out if is_regular(Path(dirpath) / f) else special).append((rel / f).as_posix())
+        if special:
+            shown = ", ".join(map(printable, special[:5])) + (", ..." if len(special) > 5 else "")
+            warnings.warn(f"{self.path}: skipped {len(special)} entries that are not regular files (FIFOs, sockets, "
+                          f"devices or broken links): {shown}", ImageDatasetWarning, stacklevel=3)
         return out
 
     def read(self, wanted):
         limit = max_member_bytes()
         for name in wanted:
-            with open(self.path / name, "rb") as fh:
+            with open_regular(self.path / name, "image file") as fh:
                 data = _bounded_read(fh, self.path, name, os.fstat(fh.fileno()).st_size, limit)
             yield name, data
 
@@ -279,9 +293,9 @@ def open_reader(path: Path) -> Reader:
     """A reader for a folder, a zip, or a tar (plain, gz, bz2, xz)."""
     if path.is_dir():
         return _FolderReader(path)
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path} is empty (an interrupted download?); delete it and get it again")
-    with open(path, "rb") as fh:
+    with open_regular(path, "archive") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            raise ValueError(f"{path} is empty (an interrupted download?); delete it and get it again")
         head = fh.read(512)
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return _ZipReader(path)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..paths import data_root
+from ..files import open_regular
 from .archives import MAX_BYTES_VAR, max_member_bytes
 
 # name -> (folder, base url, {file stem: (md5 of the uncompressed file, md5 of the official .gz)})
@@ -63,7 +64,7 @@ def parse_idx(raw: bytes, what: str = "IDX data") -> np.ndarray:
 def _read_bytes(path: Path) -> bytes:
     limit = max_member_bytes()  # the largest official file inflates to 47 MB: a bigger one is refused unread
     try:
-        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as fh:
+        with open_regular(path) as raw_fh, (gzip.GzipFile(fileobj=raw_fh) if path.suffix == ".gz" else raw_fh) as fh:
             raw = fh.read(limit + 1)
     except (gzip.BadGzipFile, EOFError, zlib.error) as err:
         raise ValueError(f"{path} is not a readable gzip file ({err}); delete it and download it again") from None

@@ -22,8 +22,9 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..data.archives import (IMAGE_EXTENSIONS, decode_image, image_mode, is_hidden, is_image_name, name_parts,
-                             open_reader)
+                             open_reader, read_file)
 from ..data.features import FeatureSpec, apply_scaling, feature_spec, image_features, load_scaling
+from ..files import open_regular, printable
 
 BATCH = 1024  # images decoded, featurised and hashed per step
 SCALING_FILE = "feature_scaling.npz"
@@ -35,7 +36,7 @@ class SearchError(ValueError):
 
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
@@ -53,7 +54,7 @@ def first_line(err: BaseException) -> str:
 def say(text: str, quiet: bool = False) -> None:
     """Notes about what was done (to stderr, so stdout holds only results)."""
     if not quiet:
-        print(text, file=sys.stderr)
+        print(printable(text), file=sys.stderr)  # names come from received archives and indexes
 
 @dataclass
 class Encoder:
@@ -258,9 +259,9 @@ def encode_files(encoder: Encoder, paths: Sequence[str | os.PathLike], quiet: bo
     for p in map(Path, paths):
         if p.is_dir():
             raise SearchError(f"query {p} is a folder: give image files (evaluate takes a folder of labelled queries)")
-        if not p.is_file():
+        if not p.exists():
             raise FileNotFoundError(f"query image {p} does not exist")
-        image = prep(str(p), p.read_bytes())
+        image = prep(str(p), read_file(p, "query image"))
         if image is not None:
             images.append(image)
             kept.append(str(p))

@@ -12,7 +12,9 @@ and labels of the images, a copy of the model, and a manifest that commits them.
 Every file is written through a temporary file and renamed into place, and the manifest last: a run
 killed at any moment leaves the previous index intact. Adding images writes a new shard and never
 rewrites an existing one. One writer at a time (a lock), and ``encode`` writes only into a new or
-empty folder or an existing index.
+empty folder, an existing index, or the folder of an encode that was killed before its first commit
+(recognised by the marker ``.rsgh-index``, written before anything else): files it did not write are
+never changed.
 """
 
 from __future__ import annotations
@@ -28,13 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import TMP_PREFIX, atomic_write, folder_lock, remove_stale_temporaries
+from ..files import TMP_PREFIX, atomic_text, atomic_write, folder_lock, is_regular, remove_stale_temporaries
+from ..paths import check_outside_book
 from .encoder import (SCALING_FILE, Collection, Encoder, SearchError, encode_collection, first_line, load_encoder,
                       open_images, say, sha256, shown)
 
 FORMAT = "rsgh-hash-index-v1"
 MANIFEST = "manifest.json"
 MODEL_COPY = "model.pt"
+MARKER = ".rsgh-index"  # the first file an encode writes into a folder: what is there beside it is its own
 
 
 def _write_atomic(path: Path, write) -> None:
@@ -216,19 +220,19 @@ def check_compatible(manifest: dict, encoder: Encoder, path: Path) -> None:
                           "comparable: rebuild the index with this version of rsgh")
 
 
-def _foreign_files(out: Path, encoder: Encoder | None) -> list[str]:
-    """Files in a folder that is not an index yet which an encode did not write: anything but the lock,
-    the project's temporary files, shards, and copies of this very model (a killed first encode)."""
-    copies = {MODEL_COPY: encoder.model_sha256 if encoder else None,
-              SCALING_FILE: encoder.scaling_sha256 if encoder else None}
-    foreign = []
-    for p in out.iterdir():
-        if p.name == ".lock" or p.name.startswith((TMP_PREFIX, "shard-")):
-            continue
-        if p.name in copies and p.is_file() and copies[p.name] == sha256(p):
-            continue
-        foreign.append(p.name)
-    return sorted(foreign)
+def _foreign_files(out: Path) -> list[str]:
+    """What a folder that is not an index yet holds beyond the lock and the project's temporary files:
+    nothing when it is empty, or when an encode made it (its marker) and was killed before committing."""
+    names = sorted(p.name for p in out.iterdir() if p.name != ".lock" and not p.name.startswith(TMP_PREFIX))
+    if MARKER in names and is_regular(out / MARKER) and not (out / MARKER).is_symlink():
+        return []
+    return names
+
+
+def _ours(out: Path) -> list[Path]:
+    """The files an uncommitted encode wrote into ``out``."""
+    return [p for p in out.iterdir() if p.name in (MARKER, ".lock", MODEL_COPY, SCALING_FILE)
+            or p.name.startswith((TMP_PREFIX, "shard-"))]
 
 
 def encode(model: str | os.PathLike | None, images: str | os.PathLike, out: str | os.PathLike,
@@ -237,26 +241,33 @@ def encode(model: str | os.PathLike | None, images: str | os.PathLike, out: str 
     ``model`` when it does not exist. Returns ``{"manifest": the committed manifest, "added": number
     of images added, "seconds": time to read, featurise and hash them}``."""
     out = Path(out)
+    check_outside_book(out)
     if out.exists() and not out.is_dir():
         raise SearchError(f"--out {out} is a file, not an index folder")
     is_index = (out / MANIFEST).exists()
     if model is None and not is_index:
         raise SearchError(f"{out} is not an index yet: give --model RUN_DIR to create it")
-    encoder = load_encoder(model) if model is not None else None
     if out.is_dir() and not is_index:
-        foreign = _foreign_files(out, encoder)
+        foreign = _foreign_files(out)
         if foreign:
             raise SearchError(f"--out {out} is a folder that holds other files ({shown(foreign, 3)}); "
                               "give a new or empty folder, or an existing index (nothing was written)")
+    encoder = load_encoder(model) if model is not None else None
     with open_images(images) as collection:  # checked before anything is created
-        created = not out.exists()
+        created, fresh = not out.exists(), not is_index
         out.mkdir(parents=True, exist_ok=True)
         try:
             with folder_lock(out, "an encode"):
+                if fresh:
+                    atomic_text(out / MARKER, "an rsgh index folder (python -m rsgh encode)\n")
                 return _encode_locked(out, encoder, model, collection, progress, quiet)
         except BaseException:
-            if created and not (out / MANIFEST).exists():  # nothing was committed: leave no folder behind
-                shutil.rmtree(out, ignore_errors=True)
+            if fresh and not (out / MANIFEST).exists():  # nothing was committed: leave nothing behind
+                if created:
+                    shutil.rmtree(out, ignore_errors=True)
+                else:
+                    for p in _ours(out):
+                        p.unlink(missing_ok=True)
             raise
 
 

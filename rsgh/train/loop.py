@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from ..config import Config, Runtime
 from ..data.task import TaskData
+from ..errors import DivergedError
 from ..method.measures import evaluate
 from ..method.model import HashModel
 from ..method.objective import PARTS, GroupSpec, check_group
@@ -221,6 +222,8 @@ class _Training:
         extra = self.extra_eval(self.model) if self.extra_eval else [{} for _ in self.members]
         it = self.shared["iteration"]
         means = (sums / count).tolist() if count else [[float("nan")] * len(PARTS)] * len(self.members)
+        if count:
+            self._check_finite(means, it)
         done = []
         for g, m in enumerate(self.members):
             if m.stopped:
@@ -243,6 +246,16 @@ class _Training:
         for hook in self.hooks:
             for g, row in done:
                 hook(g, row)
+
+    def _check_finite(self, means: list, it: int) -> None:
+        """Stop when a running model's training losses became NaN or infinite, before anything of this
+        evaluation is written: its folder keeps the last good checkpoint, and the run fails clearly."""
+        for m, values in zip(self.members, means):
+            bad = [(k, v) for k, v in zip(PARTS, values) if not math.isfinite(v)]
+            if bad and not m.stopped:
+                raise DivergedError(f"{m.run.path}: the training diverged: its train_{bad[0][0]} became {bad[0][1]} "
+                                    f"by epoch {it / self.per_epoch:.4g} (iteration {it}); lower lr (now "
+                                    f"{m.cfg.model_lr:g}) and train anew in another --out")
 
     def _track_best(self, g: int, m: _Member, row: dict) -> None:
         if "val_map" not in row:

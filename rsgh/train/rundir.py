@@ -41,6 +41,7 @@ from ..data.split import Split
 from ..errors import BusyError
 from ..files import atomic_text, atomic_write_file, check_writable, folder_lock, is_locked
 from ..method.model import HashModel
+from ..paths import check_outside_book
 
 CHECKPOINT, PREVIOUS, BEST, MODEL = "checkpoint.pt", "checkpoint.prev.pt", "best.pt", "model.pt"
 OWN = {"config.json", "metrics.csv", "units.csv", CHECKPOINT, PREVIOUS, BEST, MODEL, "summary.json",
@@ -138,6 +139,7 @@ class RunDir:
         """Raise unless the folder can take a run of ``cfg``: absent or empty, or (``resume``) holding
         a run of exactly ``cfg`` with a readable checkpoint (if any), not in use by another process,
         and writable. Writes nothing."""
+        check_outside_book(self.path)
         if self.path.exists() and not self.path.is_dir():
             raise RunExistsError(f"--out {self.path} is a file, not a run folder; choose another --out")
         if not holding_lock and self.path.is_dir() and is_locked(self.path):
@@ -160,10 +162,29 @@ class RunDir:
         if diff:
             raise ValueError(f"--resume with a different configuration than {self.file('config.json')}: "
                              + ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items()))
-        if not self.is_finished():  # a finished run is only read (it may lie on a read-only disk)
+        if self.is_finished():  # a finished run is only read (it may lie on a read-only disk)
+            self.check_finished(cfg)
+        else:
             check_writable(self.path)
             if not holding_lock:
                 self.checkpoints(warn=False)  # damaged checkpoints are said now, before any data is loaded
+
+    def check_finished(self, cfg: Config, model: dict | None = None) -> None:
+        """Refuse a finished run whose summary (or loaded ``model``) was trained with another
+        configuration than ``cfg``: its config.json was edited after the end, and its numbers are
+        another model's."""
+        for name, saved in (("summary.json", self.read_summary().get("config")),
+                            (MODEL, None if model is None else model.get("config"))):
+            if saved is None and name == MODEL:
+                continue
+            try:
+                same = config_from_dict(saved, str(self.file(name))).to_dict() == cfg.to_dict()
+            except ValueError:
+                same = False
+            if not same:
+                raise DamagedRunError(f"{self.file('config.json')} does not match the configuration the finished run "
+                                      f"was trained with ({name}): it was edited after the run ended; restore it, "
+                                      "or train the configuration anew in another --out")
 
     def create(self, cfg: Config) -> None:
         """Write config.json into the (checked, locked) folder unless it holds it already."""
@@ -182,7 +203,9 @@ class RunDir:
         return self._csv("metrics.csv")
 
     def read_units(self) -> pd.DataFrame:
-        return self._csv("units.csv")
+        """Per-bit statistics; in the results store they are kept compressed (units.csv.gz)."""
+        return self._csv("units.csv" if self.file("units.csv").exists() or not self.file("units.csv.gz").exists()
+                         else "units.csv.gz")
 
     # ------------------------------------------------------------------ checkpoints and models
     def save_checkpoint(self, payload: dict) -> None:
@@ -323,6 +346,7 @@ def finished_runs(configs: Sequence[Config], dirs: Sequence[str | Path], also: S
         saved = _safe_load(r.file(MODEL))  # a finished run is reused only with a readable model (plain data)
         if not isinstance(saved, dict) or not {"config", "state_dict", "input_dim"} <= set(saved):
             raise DamagedRunError(f"{r.file(MODEL)} is not an rsgh model; remove {r.path} to train the run again")
+        r.check_finished(c, saved)  # and one trained with this configuration (config.json not edited since)
     return [r.read_summary() for r in runs]
 
 
