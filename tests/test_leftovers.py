@@ -8,6 +8,7 @@
 - "nan" as a word;
 - an en dash before an option name (``–data-root`` for ``--data-root``);
 - empty sections (a heading followed directly by another heading);
+- a download button (``book/_config.yml`` turns it off);
 - stderr streams in a published notebook (warnings, log lines: hidden in the HTML, but in the file a
   reader downloads; ``rsgh.book.notebook.strip_stderr`` removes them after papermill);
 
@@ -110,6 +111,8 @@ def html_problems(html: str, where: str) -> list[str]:
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(html, "html.parser")
+    download = [f"{where}: a download button (book/_config.yml turns it off)"] if soup.select(
+        "[class*=btn-download]") else []
     main = soup.find("main") or soup.body or soup
     for tag in main.find_all(["script", "style", "noscript", "template"]):
         tag.decompose()
@@ -118,7 +121,7 @@ def html_problems(html: str, where: str) -> list[str]:
                           if k in ("href", "src", "alt", "title"))
     problems = text_problems(text, where)
     problems += [p for p in text_problems(attributes, where + " (links)", nan=False)]
-    return problems + empty_sections(main, where)
+    return download + problems + empty_sections(main, where)
 
 
 def notebook_problems(path: Path) -> list[str]:
@@ -183,7 +186,7 @@ def book_problems(book: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- the checks checked
-BAD_PAGE = """<html><body><main><article>
+BAD_PAGE = """<html><body><button class="btn btn-download-source-button"></button><main><article>
 <section id="a"><h1>Title</h1><section id="b"><h2>Empty</h2><section id="c"><h3>Sub</h3><p>text</p></section></section>
 <p>Data in /work/shared/data/256_ObjectCategories.tar, see SPEC section 5 and notebooks/plan.yml; the plan's full
 profile; on the two-core budget. Pass –data-root to train. mAP nan.</p>
@@ -204,7 +207,8 @@ def test_the_checks_find_each_kind_of_leftover(tmp_path):
     for expected in ("a machine path '/work/shared/data/256_ObjectCategories.tar'", "the internal word SPEC", "the internal file plan.yml",
                      "a profile name without an explanation", "two-core budget", "en dash before an option name",
                      "'nan'", "a raw pandas repr", "(links): a machine path '/root/figure.png'", "the section 'Title' is empty",
-                     "the section 'Empty' is empty", "the section 'Provenance' shows nothing"):
+                     "the section 'Empty' is empty", "the section 'Provenance' shows nothing",
+                     "a download button"):
         assert expected in found, f"{expected!r} not in:\n{found}"
     assert "'Sub'" not in found
     assert html_problems(GOOD_PAGE, "good.html") == []
