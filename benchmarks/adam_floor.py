@@ -89,6 +89,10 @@ def main():
     traffic = makespan([a + b for a, b in zip(minutes["products"], minutes["traffic"])], args.cores)
     print(f"floor_with_exact_adam_vs_floor={exact / floor:.2f}")
     print(f"floor_with_traffic_vs_floor={traffic / floor:.2f}")
+    from record import record
+
+    record("adam_floor", {"floor_with_exact_adam_vs_floor": exact / floor,
+                          "floor_with_traffic_vs_floor": traffic / floor, "floor_min": floor}, args)
 
 
 if __name__ == "__main__":

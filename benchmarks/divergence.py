@@ -82,6 +82,11 @@ def main():
                                                      "curves": {n: c.to_dict() for n, c in curves.items()}}, indent=1))
     print(f"final_map_spread_rounding={rounding.abs().max():.4f}")
     print(f"final_map_spread_seeds={seeds.std(ddof=1):.4f}")
+    from record import record
+
+    record("divergence", {"curves": {n: {str(int(e)): round(float(v), 6) for e, v in c.items()} for n, c in curves.items()},
+                          "final_map_spread_rounding": float(rounding.abs().max()),
+                          "final_map_spread_seeds": float(seeds.std(ddof=1))}, args)
 
 
 if __name__ == "__main__":

@@ -102,6 +102,13 @@ def main():
     print(f"gemm_floor_wall_min={floor_wall:.2f}")
     print(f"estimate_vs_floor={wall / floor_wall:.2f}")
     print(f"estimate_vs_floor_with_adam={wall / with_adam_wall:.2f}")
+    from record import record
+
+    record("paper_scale_estimate", {"paper_scale_wall_min": wall, "gemm_floor_wall_min": floor_wall,
+                                    "floor_with_adam_wall_min": with_adam_wall, "estimate_vs_floor": wall / floor_wall,
+                                    "estimate_vs_floor_with_adam": wall / with_adam_wall,
+                                    **({"compiled_vs_eager": makespan(eager_min, args.cores) / wall} if eager_min else {})},
+           args)
 
 
 if __name__ == "__main__":

@@ -203,6 +203,11 @@ def main():
     print(f"run_vs_floor={wall / 60 / floor_wall:.2f}")
     print(f"run_vs_floor_with_adam={wall / 60 / with_adam:.2f}")
     during = probe.minutes() if probe is not None else None
+    values = {"wall_min": wall / 60, "floor_before_min": makespan(floor_before, args.workers),
+              "floor_after_min": makespan(floor_after, args.workers), "run_vs_floor": wall / 60 / floor_wall,
+              "run_vs_floor_with_adam": wall / 60 / with_adam, "data_s": marks[0][1] - t0,
+              "split_s": marks[-1][1] - marks[0][1], "training_s": training_end - marks[-1][1],
+              "baselines_after_s": max(0.0, max(t for i, t in ended.items() if i >= len(todo)) - training_end)}
     if during is not None:
         run_s = wall - probe.stopped_s
         floor_during, with_adam_during = (makespan(during[0], args.workers),
@@ -214,6 +219,11 @@ def main():
             print(f"  floor during {name:24s} products {f:5.1f} min, Adam's pass {a:4.1f} min")
         print(f"run_vs_floor_during={run_s / 60 / floor_during:.2f}")
         print(f"run_vs_floor_during_with_adam={run_s / 60 / with_adam_during:.2f}")
+        values.update(floor_during_min=floor_during, run_vs_floor_during=run_s / 60 / floor_during,
+                      run_vs_floor_during_with_adam=run_s / 60 / with_adam_during)
+    from record import record
+
+    record("paper_scale_run", values, args)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def main():
     step_module.make_step = noting
     print(f"{'stage':24s} {'flushed':>8s} {'not':>8s} {'ratio':>6s}  (ms per step of the pair, one thread; "
           "subnormal moments of the unflushed copy)")
-    ratios = []
+    ratios, by_stage = [], {}
     for name, presets, overrides, dim, items, epochs in stages(args.bits, 1, 1):
         cfgs, _ = stage_setup(presets, overrides, items, epochs)
         calls = {flush: group_step(cfgs, dim, Runtime(progress=False, compile_step=True, device="cpu",
@@ -64,9 +64,13 @@ def main():
         count = subnormal_count(optimizers[-1].state.values())
         rates = timed_rates(calls, args.seconds)[0]
         ratios.append(rates[True] / rates[False])
+        by_stage[f"slowdown {name}"] = ratios[-1]
         print(f"{name:24s} {1e3 / rates[True]:8.3f} {1e3 / rates[False]:8.3f} {ratios[-1]:6.2f}  "
               f"{count:,} of {sum(s['exp_avg'].numel() * 2 for s in optimizers[-1].state.values()):,}")
     print(f"subnormal_slowdown={max(ratios):.2f}")
+    from record import record
+
+    record("subnormals", {"subnormal_slowdown": max(ratios), **by_stage}, args)
 
 
 if __name__ == "__main__":

@@ -181,3 +181,30 @@ def test_provenance_table_says_what_was_grouped_and_the_time_per_run():
     assert "trained in one group with" in text and "| rsgh-k64-s0 |" in text
     assert "| 2.00 | 1.00 |" in text  # the group's two hours, one hour per run
     assert "| 50 |" in text and "commit abcdef0123" in text and "AMD EPYC" in text
+
+
+def test_benchmark_result_files_say_where_each_number_was_measured(tmp_path, monkeypatch):
+    """Every record of ``results/benchmarks/`` names its CPU and its source (measured, or where it was
+    transcribed from); a benchmark script's record goes to ``$RSGH_RESULTS/benchmarks/<name>.json``."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = sorted((root / "results" / "benchmarks").glob("*.json"))
+    assert {"paper_scale_estimate", "paper_scale_run", "adam_floor", "subnormals", "divergence"} <= {f.stem for f in files}
+    for f in files:
+        frame = figures.benchmark(f.stem)
+        assert len(frame) and frame["cpu"].notna().all() and frame["source"].notna().all(), f.name
+        assert frame.attrs["script"], f.name
+    monkeypatch.setenv("RSGH_RESULTS", str(tmp_path))
+    monkeypatch.syspath_prepend(str(root / "benchmarks"))
+    sys.modules.pop("record", None)
+    from record import record
+
+    for value in (1.5, 1.25):
+        path = record("demo", {"ratio": value}, label="a test")
+    assert path == tmp_path / "benchmarks" / "demo.json"
+    frame = figures.benchmark("demo")
+    assert frame["ratio"].tolist() == [1.5, 1.25] and (frame["source"] == "measured").all()
+    assert frame["cpu"].iloc[-1] and frame["date"].iloc[-1].endswith("Z")
+    plt.close(figures.benchmark_history(frame, {"ratio": [("ratio", "ratio")]}))

@@ -302,3 +302,98 @@ def study_figures(studies: dict):
     fig.tight_layout()
     fig.notes = ["Importances: fANOVA over the finished trials; pruned trials at their last reported value."]
     return fig
+
+
+# ---------------------------------------------------------------------------------------------- benchmarks
+def benchmark_file(name: str) -> Path:
+    """``results/benchmarks/<name>.json`` of the checkout (``$RSGH_RESULTS/benchmarks`` when set), the file
+    the benchmark script ``benchmarks/<name>.py`` appends a record to at every run."""
+    import os
+
+    env = os.environ.get("RSGH_RESULTS")
+    root = Path(env).expanduser() if env else Path(__file__).resolve().parent.parent.parent / "results"
+    return root / "benchmarks" / f"{name}.json"
+
+
+def benchmark(name: str) -> pd.DataFrame:
+    """A benchmark's records, oldest first, one row each: ``n`` (1, 2, ...), ``label``, ``date``, ``cpu``,
+    ``commit``, ``source`` ("measured", or where a transcribed number came from), ``note``, and one column
+    per value it recorded."""
+    import json
+
+    doc = json.loads(benchmark_file(name).read_text())
+    rows = []
+    for n, r in enumerate(doc["records"], 1):
+        rows.append({"n": n, "label": r.get("label") or f"{n}", "date": r.get("date"), "cpu": r.get("cpu"),
+                     "commit": r.get("commit"), "source": r.get("source"), "note": r.get("note", ""),
+                     **r.get("values", {})})
+    frame = pd.DataFrame(rows)
+    frame.attrs.update(script=doc.get("script"), description=doc.get("description", ""))
+    return frame
+
+
+def benchmark_history(frame: pd.DataFrame, panels: dict, aims: dict | None = None, x_label: str = "run",
+                      y_labels: dict | None = None):
+    """Ratios over a benchmark's records: one panel per entry of ``panels`` (title -> [(column, label), ...]),
+    two per row; each column a line style, each CPU model its colour and marker; ``aims``: a dotted
+    horizontal line per panel title; ``y_labels``: the y axis's label per panel title."""
+    aims, y_labels = aims or {}, y_labels or {}
+    cpus = list(dict.fromkeys(frame["cpu"]))
+    cpu_look = {c: {"color": style.EXTRA[i % len(style.EXTRA)], "marker": style.EXTRA_MARKERS[i % 8]}
+                for i, c in enumerate(cpus)}
+    styles = ["-", "--", ":", "-."]
+    line = {lab: styles[j % 4] for ser in panels.values() for j, (_, lab) in enumerate(ser)}  # by place in its panel
+    fig, axes, _ = style.subplots(len(panels), height=3.0)
+    for ax, (title, series) in zip(axes, panels.items()):
+        for column, label in series:
+            if column not in frame:
+                continue
+            for cpu, part in frame.groupby("cpu", sort=False):
+                part = part[np.isfinite(part[column].astype(float))]
+                ax.plot(part["n"], part[column].astype(float), linestyle=line[label], marker=cpu_look[cpu]["marker"],
+                        color=cpu_look[cpu]["color"])
+        if title in aims:
+            ax.axhline(aims[title], color="black", lw=1, ls=":")
+        ax.set(title=title, xlabel=x_label, ylabel=y_labels.get(title, ""))
+        style.integer_ticks(ax, "x")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color="0.3", linestyle=ls, label=label) for label, ls in line.items()]  # per series
+    handles += [Line2D([], [], color=look["color"], marker=look["marker"], linestyle="", label=cpu)
+                for cpu, look in cpu_look.items()]  # a colour and marker per CPU
+    handles += [Line2D([], [], color="black", lw=1, ls=":", label="aim")] if aims else []
+    style.legend_below(fig, handles, [h.get_label() for h in handles], ncol=2)
+    fig.notes = []
+    return fig
+
+
+def seed_points(finals: pd.DataFrame, column: str = "map", hue: str = "method"):
+    """Every seed's value of ``column`` (one point each) and the mean over seeds (a bar) per code length,
+    one colour per method: the spread a table's mean ± sd summarises, and any run that never trained
+    (no active code unit), which is ringed."""
+    labels = list(dict.fromkeys(finals[hue]))
+    looks = style.looks(labels)
+    bits = sorted(finals["bits"].unique())
+    fig, axes, _ = style.subplots(1, 1, height=3.4, width=style.WIDTH)
+    ax = axes[0]
+    width = 0.8 / max(len(labels), 1)
+    for i, label in enumerate(labels):
+        part = finals[finals[hue] == label]
+        look = looks[label]
+        for j, k in enumerate(bits):
+            values = part[part["bits"] == k]
+            x = j - 0.4 + width * (i + 0.5)
+            jitter = np.linspace(-width * 0.25, width * 0.25, max(len(values), 1))
+            ax.scatter(x + jitter[:len(values)], values[column], color=look["color"], marker=look["marker"], s=18,
+                       label=label if j == 0 else None, zorder=3)
+            if "active_units_001" in values and (values["active_units_001"] == 0).any():
+                dead = values[values["active_units_001"] == 0]
+                ax.scatter(x + jitter[:len(values)][(values["active_units_001"] == 0).to_numpy()], dead[column],
+                           s=90, facecolors="none", edgecolors="black", linewidths=1.0, zorder=4)
+            if len(values):
+                ax.hlines(values[column].mean(), x - width * 0.4, x + width * 0.4, color=look["color"], linewidth=2)
+    ax.set_xticks(range(len(bits)), [f"K = {k}" for k in bits])
+    ax.set_ylabel(style.axis_label(column))
+    handles, names = ax.get_legend_handles_labels()
+    style.legend_below(fig, handles, names, ncol=2)
+    return fig
