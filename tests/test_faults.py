@@ -189,9 +189,10 @@ def _own_cache(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("RSGH_MAX_IMAGE_BYTES", raising=False)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def shared(tmp_path_factory):
-    """A finished 28 x 28 grey pixel run, a labelled image folder, a second one, and an index."""
+    """A finished 28 x 28 grey pixel run, a labelled image folder, a second one, and an index (one per
+    session: the sibling test files import it; every test copies what it changes)."""
     tmp = tmp_path_factory.mktemp("shared")
     cfg = Config(task="retrieval", dataset="mnist", features="pixels", bits=8, hidden_layers=1, batch_size=16,
                  iterations=20, eval_every=10, feature_scaling="none")
@@ -712,7 +713,7 @@ def test_resume_refuses_data_changed_in_place(tmp_path, capsys, monkeypatch):
     before = snapshot(run)
     code, _, err = cli(capsys, *tiny_args(folder, run, "--resume"))
     assert code == 2
-    one_line(err, str(run), "the training data differ from those the run started on", "saved filelist:",
+    one_line(err, str(run), "the training data differ from those the run started on", "saved sha256:",
              "resume with the same data")
     assert snapshot(run) == before
 

@@ -302,7 +302,7 @@ def test_image_folder_mixed_sizes_conversions_and_skips(tmp_path):
     assert (by_name["dogs/rgba.png"] == (10, 20, 30)).all()  # alpha dropped
     assert (by_name["dogs/pal.gif"] == (0, 255, 0)).all()
     assert np.abs(by_name["dogs/cmyk.jpg"].astype(int) - (0, 0, 250)).max() <= 6
-    assert s.source == f"image folder {root}" and s.checksum.startswith("filelist:")
+    assert s.source == f"image folder {root}" and s.checksum.startswith("sha256:")
 
     with pytest.warns(ImageDatasetWarning):
         resized = load_image_folder(root, image_size=(6, 5))

@@ -2,13 +2,15 @@
 member names, image decoding, and the md5 memo of large archives.
 
 Everything is read straight from the archives (never unpacked: the data root may be read-only).
-md5 digests of archives are remembered in ``cache_dir()/md5-memo.json`` keyed by (path, size,
-mtime), so a large archive is hashed once.
+md5 digests of archives are remembered in ``cache_dir()/md5-memo.json`` keyed by (path, device,
+inode, size, mtime, ctime), so a large archive is hashed once, and again whenever it was rewritten (a
+restored mtime does not restore the ctime).
 
 Received archives cannot exhaust memory: a member (or file) whose size exceeds
-``$RSGH_MAX_IMAGE_BYTES`` (default 256 MiB, far above any real image) is refused before it is read,
-and never more than that is read even when its header lies; an image of more pixels than PIL's
-``Image.MAX_IMAGE_PIXELS`` (a decompression bomb) is an undecodable image.
+``$RSGH_MAX_IMAGE_BYTES`` (default 256 MiB, far above any real image) is refused before it is read
+(a tar's headers as they are scanned, before the scan skips a member's data), and never more than
+that is read even when its header lies; decoded pixels are bounded by the bytes read
+(``rsgh.data.decoding``). Only regular files are read: a FIFO, socket or device is skipped or refused.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class ImageSet:
     class_names: list[str]
     names: list[str]  # member / file name of each image
     source: str
-    checksum: str  # md5 of the archive, or "filelist:<md5>" of a folder's file list
+    checksum: str  # md5 of the archive, or "sha256:<hex>" of a folder's image files (names, sizes, bytes)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -86,12 +88,15 @@ def cache_folder() -> Path | None:
 
 
 def _md5_key(path: Path) -> str:
+    """What a file's md5 is remembered by: its path, device, inode, size, mtime and ctime. A tool that
+    restores an mtime (``touch -r``, ``rsync -t``, ``tar x``) cannot restore the ctime, which the kernel
+    sets on every change of the file's content or metadata, so a rewritten file is hashed again."""
     st = path.stat()
-    return f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}"
+    return f"{os.path.realpath(path)}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
 
 
 def file_md5(path: str | os.PathLike, memo: bool = True) -> str:
-    """md5 of a file; remembered in ``cache_dir()/md5-memo.json`` keyed by (path, size, mtime)."""
+    """md5 of a file; remembered in ``cache_dir()/md5-memo.json`` keyed by :func:`_md5_key`."""
     path = Path(path)
     key = _md5_key(path)
     folder = cache_folder() if memo else None
@@ -260,17 +265,33 @@ class _TarReader(Reader):
         self.tf = None
         try:
             self.tf = tarfile.open(path, mode)
-            self.members = {m.name: m for m in self.tf.getmembers() if m.isfile()}
+            self.members = self._scan()
             # tarfile takes a missing or damaged header for the end of the archive: insist on the
-            # end-of-archive block, then read to the end so that gzip checks its CRC
+            # end-of-archive block, then read to the end so that gzip checks its CRC (at most TRAILING bytes)
             self.tf.fileobj.seek(self.tf.offset)
             if self.tf.fileobj.read(tarfile.BLOCKSIZE) != bytes(tarfile.BLOCKSIZE):
                 raise EOFError("no end-of-archive marker after the last member")
-            while self.tf.fileobj.read(8 << 20):
-                pass
+            if len(self.tf.fileobj.read(self.TRAILING + 1)) > self.TRAILING:
+                raise EOFError(f"more than {self.TRAILING:,} bytes after the end of the archive")
         except _ARCHIVE_ERRORS as err:
             self.close()
             raise _corrupt(path, err) from None
+        except BaseException:
+            self.close()
+            raise
+
+    TRAILING = 16 << 20  # tar pads to its record size (10 KiB by default, 1 MiB at the largest blocking factor)
+
+    def _scan(self) -> dict:
+        """The regular members by name, each header's declared size checked as it is read: a member over
+        the limit is refused before the scan skips over its data (decompressing it, for a .tar.bz2)."""
+        limit, members = max_member_bytes(), {}
+        for m in self.tf:
+            if m.size > limit:
+                raise _too_large(self.path, m.name, m.size, limit)
+            if m.isfile():
+                members[m.name] = m
+        return members
 
     def names(self):
         return list(self.members)
@@ -328,97 +349,10 @@ def strip_common_top(parts_list: list[list[str]], depth: int) -> list[list[str]]
 
 
 # ----------------------------------------------------------------------------------------------
-# Decoding
+# Decoding (rsgh.data.decoding), here for the modules that import it from here
 
-
-_JPEG_EXT = (".jpg", ".jpeg")
-
-
-@contextlib.contextmanager
-def no_bombs():
-    """PIL's decompression-bomb guard made strict: an image of more than ``Image.MAX_IMAGE_PIXELS``
-    pixels (PIL only warns up to twice that) is a ``ValueError``, i.e. an undecodable image."""
-    from PIL import Image
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            yield
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-            raise ValueError(f"too many pixels for one image: {' '.join(str(err).split())}") from None
-
-
-def image_mode(data: bytes) -> str:
-    """The PIL mode of encoded image bytes, without decoding them (a decompression bomb is refused)."""
-    from PIL import Image
-
-    with no_bombs(), Image.open(io.BytesIO(data)) as probe:
-        return probe.mode
-
-
-def decode_image(data: bytes, name: str = "", image_size: tuple[int, int] | None = None) -> np.ndarray:
-    """uint8 (H, W, 3) from encoded bytes: grey, palette, RGBA (alpha dropped), CMYK, 16-bit grey
-    converted to RGB; optionally resized to ``image_size = (h, w)`` with PIL bilinear. Raises
-    ``OSError`` / ``ValueError`` (from PIL) for undecodable data, and a ``ValueError`` for an image
-    of more than PIL's ``Image.MAX_IMAGE_PIXELS`` pixels (a decompression bomb)."""
-    with no_bombs():
-        return _decode(data, name, image_size)
-
-
-def _decode(data: bytes, name: str, image_size: tuple[int, int] | None) -> np.ndarray:
-    from PIL import Image
-
-    formats = ["JPEG"] if name.lower().endswith(_JPEG_EXT) else None
-    try:
-        im = Image.open(io.BytesIO(data), formats=formats)
-    except OSError:
-        if formats is None:
-            raise
-        im = Image.open(io.BytesIO(data))  # a misnamed file
-    with im:
-        im.load()
-        if im.mode.startswith("I;16"):
-            im = Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8), "L")
-        elif im.mode in ("I", "F"):
-            im = Image.fromarray(np.clip(np.asarray(im), 0, 255).astype(np.uint8), "L")
-        elif im.mode == "P" and "transparency" in im.info:
-            im = im.convert("RGBA")
-        elif im.mode in ("PA", "La"):
-            im = im.convert("RGBA")
-        if im.mode != "RGB":
-            im = im.convert("RGB")
-        if image_size is not None:
-            h, w = image_size
-            if im.size != (w, h):
-                im = im.resize((w, h), Image.Resampling.BILINEAR)
-        return np.array(im, dtype=np.uint8)
-
-
-def check_image_size(image_size) -> tuple[int, int] | None:
-    if image_size is None:
-        return None
-    try:
-        h, w = (int(v) for v in image_size)
-    except (TypeError, ValueError):
-        raise ValueError(f"image_size must be (height, width), got {image_size!r}") from None
-    if h < 1 or w < 1:
-        raise ValueError(f"image_size must be positive, got {image_size!r}")
-    return h, w
-
-
-def decode_members(reader: Reader, members: Sequence[str], image_size, skip_bad: bool,
-                    ) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Decode ``members``; undecodable ones are returned in a list when ``skip_bad``, else raise."""
-    decoded, bad = {}, []
-    for name, data in reader.read(members):
-        try:
-            decoded[name] = decode_image(data, name, image_size)
-        except Exception as err:  # PIL raises OSError, ValueError, SyntaxError, EOFError, ...
-            if not skip_bad:
-                raise ValueError(f"{reader.path}: member {name} is not a decodable image ({err}); "
-                                 "the archive is corrupt") from None
-            bad.append(name)
-    return decoded, bad
+from .decoding import (check_image_size, decode_image, decode_members, image_mode, no_bombs,  # noqa: E402,F401
+                       pixel_bytes)
 
 
 def warn_skipped(path: Path, bad: list[str], what: str) -> None:

@@ -26,7 +26,7 @@ _CALTECH_FOLDER = re.compile(r"^(\d+)\.(.+)$")
 
 
 def load_caltech256(root: str | os.PathLike | None = None, include_clutter: bool = False,
-                    image_size: tuple[int, int] | None = None) -> ImageSet:
+                    image_size: tuple[int, int] | None = None, pixels: int | None = None) -> ImageSet:
     """Caltech-256 from ``<root>/256_ObjectCategories.tar`` (folders ``NNN.name/`` inside
     ``256_ObjectCategories/``), read in place. Classes in folder-number order, labels 0..;
     ``257.clutter`` only with ``include_clutter``. Images converted to RGB; ``image_size = (h, w)``
@@ -72,7 +72,7 @@ def load_caltech256(root: str | os.PathLike | None = None, include_clutter: bool
         ordered = [f for f in ordered if include_clutter or folders[f][1] != "clutter"]
         class_names = [folders[f][1] for f in ordered]
         wanted = [(n, label) for label, f in enumerate(ordered) for n in sorted(members[f])]
-        decoded, bad = decode_members(reader, [n for n, _ in wanted], image_size, skip_bad=True)
+        decoded, bad = decode_members(reader, [n for n, _ in wanted], image_size, skip_bad=True, pixels=pixels)
     warn_skipped(path, bad, "undecodable images")
     kept = [(n, label) for n, label in wanted if n in decoded]
     extras = ((["with clutter"] if include_clutter else [])
@@ -87,12 +87,15 @@ def load_caltech256(root: str | os.PathLike | None = None, include_clutter: bool
 # Any image folder
 
 
-def load_image_folder(path: str | os.PathLike, image_size: tuple[int, int] | None = None) -> ImageSet:
+def load_image_folder(path: str | os.PathLike, image_size: tuple[int, int] | None = None,
+                      pixels: int | None = None) -> ImageSet:
     """Images in ``path/<class>/<image>``, or in a .tar / .tar.gz / .zip of that layout (a single
     top folder is allowed). Classes sorted by name (labels 0..), files sorted within a class. Any
     format PIL decodes; grey / RGBA / palette / CMYK converted to RGB. Undecodable files are
     skipped with a warning; files without an image extension are ignored with a warning. Mixed
-    sizes give a list of arrays unless ``image_size = (h, w)`` is given."""
+    sizes give a list of arrays unless ``image_size = (h, w)`` is given. ``pixels``: the largest image
+    accepted (width x height, from its header, before decoding; for pixel features). The checksum of a
+    folder is the sha256 of its image files' names, sizes and bytes, hashed as they are read."""
     image_size = check_image_size(image_size)
     path = Path(path).expanduser()
     if not path.exists():
@@ -114,18 +117,16 @@ def load_image_folder(path: str | os.PathLike, image_size: tuple[int, int] | Non
             members.setdefault(parts[0], []).append(name)
         class_names = sorted(members)
         wanted = [(n, label) for label, c in enumerate(class_names) for n in sorted(members[c])]
-        decoded, bad = decode_members(reader, [n for n, _ in wanted], image_size, skip_bad=True)
+        digest = hashlib.sha256() if path.is_dir() else None  # a folder's identity: its images' bytes, as read
+        decoded, bad = decode_members(reader, [n for n, _ in wanted], image_size, skip_bad=True, digest=digest,
+                                      pixels=pixels)
     if others:
         warn_skipped(path, others, "files without an image extension")
     warn_skipped(path, bad, "undecodable files")
     kept = [(n, label) for n, label in wanted if n in decoded]
     if not kept:
         raise ValueError(f"{path}: none of the {len(wanted)} image files could be decoded")
-    if path.is_dir():
-        listing = "".join(f"{n}\t{(path / n).stat().st_size}\n" for n, _ in wanted)
-        checksum = "filelist:" + hashlib.md5(listing.encode()).hexdigest()
-    else:
-        checksum = file_md5(path)
+    checksum = f"sha256:{digest.hexdigest()}" if digest is not None else file_md5(path)
     return ImageSet(stack_images([decoded.pop(n) for n, _ in kept]),
                     np.fromiter((label for _, label in kept), dtype=np.int64, count=len(kept)),
                     class_names, [n for n, _ in kept], f"image folder {path}", checksum)

@@ -38,14 +38,21 @@ def load_images(cfg, root=None) -> tuple[ImageSet, dict]:
     elif cfg.dataset == "caltech256":
         from .collections import load_caltech256
 
-        s = load_caltech256(root, include_clutter=cfg.include_clutter)
+        s = load_caltech256(root, include_clutter=cfg.include_clutter, pixels=_pixels(cfg))
     elif cfg.dataset == "folder":
         from .collections import load_image_folder
 
-        s = load_image_folder(cfg.folder)
+        s = load_image_folder(cfg.folder, pixels=_pixels(cfg))
     else:
         raise ValueError(f"unknown dataset {cfg.dataset!r}")
     return s, {s.source: s.checksum}
+
+
+def _pixels(cfg) -> int | None:
+    """The largest image a collection's pixel features accept (its header checked before decoding)."""
+    from .decoding import max_pixels
+
+    return max_pixels() if cfg.features == "pixels" else None
 
 
 def load_train_test(cfg, root=None):

@@ -193,21 +193,52 @@ def save_scaling(path: Path, scaling: dict) -> None:
     atomic_write_file(path, lambda fh: np.savez(fh, **scaling))
 
 
+SCALING_SHAPES = {"mean": 1, "std": 1, "whiten": 2}  # the arrays of a scaling file and their dimensions
+
+
 def load_scaling(path: Path, dim: int) -> dict:
-    """A saved scaling, checked: shapes match ``dim`` features, every value finite, std > 0."""
+    """A saved scaling, checked: shapes match ``dim`` features, every value finite, std > 0. Each array's
+    size is checked before it is read (the zip's declared size, then the array's own header), so a
+    received file cannot cost more than ``dim`` x ``dim`` numbers, whatever it declares or inflates to."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            saved = {k: z[k].astype(np.float64) for k in z.files}
-    except Exception as err:  # a damaged .npz: OSError, BadZipFile, ValueError, KeyError, ...
+        saved = _read_scaling(path, dim)
+    except ValueError:
+        raise
+    except Exception as err:  # a damaged .npz: OSError, BadZipFile, KeyError, EOFError, ...
         raise ValueError(f"{path} is not a readable feature scaling file ({type(err).__name__}: {err})") from None
-    shapes = {"mean": (dim,), "std": (dim,), "whiten": (dim, dim)}
-    if "mean" not in saved or not (("std" in saved) ^ ("whiten" in saved)) or set(saved) - set(shapes):
+    if "mean" not in saved or not (("std" in saved) ^ ("whiten" in saved)):
         raise ValueError(f"{path}: expected the arrays mean and std (or mean and whiten), found {sorted(saved)}")
     for key, value in saved.items():
-        if value.shape != shapes[key]:
-            raise ValueError(f"{path}: {key} has shape {value.shape}, the features have {dim} values")
         if not np.isfinite(value).all():
             raise ValueError(f"{path}: {key} holds NaN or infinite values")
     if "std" in saved and not (saved["std"] > 0).all():
         raise ValueError(f"{path}: std holds non-positive values (scaled features would be infinite)")
     return saved
+
+
+def _read_scaling(path: Path, dim: int) -> dict:
+    import zipfile
+
+    from ..files import open_regular
+
+    out = {}
+    with open_regular(path, "feature scaling file") as fh, zipfile.ZipFile(fh) as zf:
+        for info in zf.infolist():
+            key = info.filename.removesuffix(".npy")
+            if key not in SCALING_SHAPES:
+                raise ValueError(f"{path}: unexpected array {info.filename!r}; expected mean and std (or whiten)")
+            shape = (dim,) * SCALING_SHAPES[key]
+            most = 8 * int(np.prod(shape)) + 4096  # float64 values and the .npy header
+            if info.file_size > most:
+                raise ValueError(f"{path}: {key} declares {info.file_size:,} bytes, more than {most:,} for {dim} "
+                                 "features; the file does not belong to this model")
+            with zf.open(info) as member:
+                fmt = np.lib.format
+                read = fmt.read_array_header_1_0 if fmt.read_magic(member) == (1, 0) else fmt.read_array_header_2_0
+                have, _, dtype = read(member)
+                if tuple(have) != shape or dtype.kind != "f" or dtype.itemsize > 8:
+                    raise ValueError(f"{path}: {key} has shape {tuple(have)} ({dtype}), the features have {dim} "
+                                     "values")
+            with zf.open(info) as member:
+                out[key] = np.lib.format.read_array(member, allow_pickle=False).astype(np.float64)
+    return out

@@ -32,11 +32,10 @@ import numpy as np
 
 from ..files import TMP_PREFIX, atomic_text, atomic_write, folder_lock, is_regular, remove_stale_temporaries
 from ..paths import check_outside_book
-from .encoder import (SCALING_FILE, Collection, Encoder, SearchError, encode_collection, first_line, load_encoder,
-                      open_images, say, sha256, shown)
+from .encoder import (SCALING_FILE, Collection, Encoder, SearchError, encode_collection, load_encoder, open_images,
+                      say, sha256, shown)
+from .manifest import FORMAT, MANIFEST, own_file, read_codes, read_list, read_manifest, shard_files
 
-FORMAT = "rsgh-hash-index-v1"
-MANIFEST = "manifest.json"
 MODEL_COPY = "model.pt"
 MARKER = ".rsgh-index"  # the first file an encode writes into a folder: what is there beside it is its own
 
@@ -89,6 +88,7 @@ class HashIndex:
         for file, want in ((self.path / MODEL_COPY, m["model_sha256"]), (scaling, m.get("scaling_sha256"))):
             if file is None:
                 continue
+            own_file(file)
             if not file.is_file():
                 raise SearchError(f"index {self.path} is damaged: {file.name} is missing")
             if sha256(file) != want:
@@ -131,78 +131,43 @@ def _faiss_threads(n: int | None):
         faiss.omp_set_num_threads(before)
 
 
-def _shard_files(i: int) -> tuple[str, str]:
-    return f"shard-{i:05d}.faissbin", f"shard-{i:05d}.csv"
-
-
 def load_index(path: str | os.PathLike) -> HashIndex:
-    """Read and verify an index folder (every shard's checksum and count)."""
-    import faiss
-
+    """Read and verify an index folder (its manifest field by field, every shard's checksum, header and
+    count: ``rsgh.index.manifest``)."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"index {path} does not exist (build one with: python -m rsgh encode --model RUN "
                                 f"--images PATH --out {path})")
-    manifest = _read_manifest(path)
+    manifest = read_manifest(path)
     if manifest is None:
         raise SearchError(f"{path} is not an rsgh index: it has no {MANIFEST} (an encode into it never finished?)")
     packed, names, labels, hashes, sources = [], [], [], [], []
-    code_size = int(manifest["code_size"])
+    code_size = manifest["code_size"]
     for i, shard in enumerate(manifest["shards"]):
         bin_path, csv_path = path / shard["codes"], path / shard["list"]
         for file, key in ((bin_path, "codes_sha256"), (csv_path, "list_sha256")):
+            own_file(file)
             if not file.is_file():
                 raise SearchError(f"index {path} is damaged: {file.name} (listed in {MANIFEST}) is missing")
             if sha256(file) != shard[key]:
                 raise SearchError(f"index {path} is damaged: {file.name} does not match its sha256 in {MANIFEST}; "
                                   "restore the file or rebuild the index")
-        try:
-            index = faiss.read_index_binary(str(bin_path))
-            codes = faiss.vector_to_array(index.xb).reshape(-1, index.code_size)
-        except (RuntimeError, AttributeError) as err:  # unreadable, or not an IndexBinaryFlat
-            raise SearchError(f"index {path} is damaged: {bin_path.name} is not a faiss IndexBinaryFlat "
-                              f"({first_line(err)})") from None
-        rows = _read_list(csv_path)
-        if codes.shape != (shard["count"], code_size) or len(rows) != shard["count"]:
-            raise SearchError(f"index {path} is damaged: {bin_path.name} holds {codes.shape[0]} codes of "
-                              f"{codes.shape[1]} bytes and {csv_path.name} {len(rows)} rows; {MANIFEST} says "
-                              f"{shard['count']} of {code_size} bytes")
+        codes = read_codes(bin_path, shard["count"], code_size)
+        rows = read_list(csv_path)
+        if len(rows) != shard["count"]:
+            raise SearchError(f"index {path} is damaged: {csv_path.name} holds {len(rows)} rows; {MANIFEST} says "
+                              f"{shard['count']}")
         packed.append(codes)
         names += [r[0] for r in rows]
         labels += [r[1] or None for r in rows]
         hashes += [r[2] for r in rows]
         sources += [i] * len(rows)
     packed = np.ascontiguousarray(np.concatenate(packed)) if packed else np.zeros((0, code_size), np.uint8)
-    if len(packed) != manifest["count"]:
-        raise SearchError(f"index {path} is damaged: its shards hold {len(packed)} codes, {MANIFEST} says "
-                          f"{manifest['count']}")
     return HashIndex(path, manifest, packed, names, labels, hashes, sources)
 
 
 def _read_manifest(path: Path) -> dict | None:
-    file = path / MANIFEST
-    if not file.exists():
-        return None
-    try:
-        manifest = json.loads(file.read_text())
-        if manifest.get("format") != FORMAT:
-            raise ValueError(f"format is {manifest.get('format')!r}, expected {FORMAT!r}")
-        for key in ("model", "features", "bits", "code_size", "count", "shards"):
-            manifest[key]  # noqa: B018 - presence check
-        for shard in manifest["shards"]:
-            for key in ("codes", "list", "count", "codes_sha256", "list_sha256"):
-                shard[key]  # noqa: B018
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise SearchError(f"{file} is not a readable rsgh index manifest ({type(err).__name__}: {err})") from None
-    return manifest
-
-
-def _read_list(path: Path) -> list[list[str]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.reader(fh))
-    if not rows or rows[0] != ["name", "label", "sha1"] or any(len(r) != 3 for r in rows[1:]):
-        raise SearchError(f"index {path.parent} is damaged: {path.name} is not a name,label,sha1 list")
-    return rows[1:]
+    return read_manifest(path)
 
 
 def check_compatible(manifest: dict, encoder: Encoder, path: Path) -> None:
@@ -245,6 +210,8 @@ def encode(model: str | os.PathLike | None, images: str | os.PathLike, out: str 
     if out.exists() and not out.is_dir():
         raise SearchError(f"--out {out} is a file, not an index folder")
     is_index = (out / MANIFEST).exists()
+    if is_index:
+        read_manifest(out)  # a damaged or foreign manifest is said before anything (even the lock) is written
     if model is None and not is_index:
         raise SearchError(f"{out} is not an index yet: give --model RUN_DIR to create it")
     if out.is_dir() and not is_index:
@@ -337,7 +304,7 @@ def _add_shard(out: Path, manifest: dict, codes: np.ndarray, names: list[str], l
     from ..eval.metrics import pack_codes
 
     packed = pack_codes(codes)
-    bin_name, csv_name = _shard_files(len(manifest["shards"]))
+    bin_name, csv_name = shard_files(len(manifest["shards"]))
     index = faiss.IndexBinaryFlat(manifest["code_size"] * 8)
     index.add(np.ascontiguousarray(packed))
     data = faiss.serialize_index_binary(index).tobytes()  # then a Python write: a full disk is an OSError

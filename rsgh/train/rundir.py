@@ -12,7 +12,7 @@
 
 Every file is written atomically. Models and checkpoints hold only tensors, numbers, strings and
 lists / dicts of them, and are read with ``torch.load(weights_only=True)``: a model file received
-from someone else cannot run code. A folder is locked while a process trains into it. A checkpoint
+from someone else cannot run code, nor cost more memory than its size (``rsgh.train.received``). A folder is locked while a process trains into it. A checkpoint
 names its run (the configuration's identity) and the checksums of its training data, so a resume
 refuses another run's checkpoint and data that changed; a damaged latest checkpoint falls back to
 the previous one.
@@ -42,6 +42,7 @@ from ..errors import BusyError
 from ..files import atomic_text, atomic_write_file, check_writable, folder_lock, is_locked
 from ..method.model import HashModel
 from ..paths import check_outside_book
+from .received import DamagedRunError, _safe_load, check_shapes, check_torch_zip, model_shapes  # noqa: F401
 
 CHECKPOINT, PREVIOUS, BEST, MODEL = "checkpoint.pt", "checkpoint.prev.pt", "best.pt", "model.pt"
 OWN = {"config.json", "metrics.csv", "units.csv", CHECKPOINT, PREVIOUS, BEST, MODEL, "summary.json",
@@ -54,29 +55,6 @@ FINAL_KEYS = ("recon_mse", "recon_half_sse", "active_units_001", "active_units_0
 
 class RunExistsError(ValueError):
     pass
-
-
-class DamagedRunError(ValueError):
-    """A file of a run folder cannot be read, or does not belong to this run."""
-
-
-def _safe_load(path: Path, device="cpu"):
-    """``torch.load`` of tensors and plain data only: never unpickles an object."""
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # truncated zip, a pickled object (refused), garbage: many kinds
-        text = str(err).strip()
-        if "Weights only load failed" in text and "GLOBAL" in text:
-            raise DamagedRunError(f"{path} is not an rsgh file: it holds Python objects other than tensors and "
-                                  "plain data, which rsgh never unpickles (they could run code); do not use it, "
-                                  "ask for a file written by rsgh") from None
-        lines = [t.strip() for t in text.splitlines() if t.strip() and not t.startswith(("Please file", "Check the"))]
-        first = (lines[1] if "Weights only load failed" in text and len(lines) > 1 else
-                 lines[0] if lines else type(err).__name__)
-        raise DamagedRunError(f"{path} is not a readable rsgh file ({first}); it is truncated or damaged: "
-                              "get an intact copy") from None
 
 
 def _save(path: Path, payload) -> None:
@@ -246,17 +224,19 @@ class RunDir:
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: is {self.path} a finished run directory?")
         saved = _safe_load(path, device)
+        if not isinstance(saved, dict) or not {"config", "state_dict", "input_dim"} <= set(saved):
+            raise DamagedRunError(f"{path} is not an rsgh model (no config, state_dict and input_dim entries)")
+        cfg = config_from_dict(saved["config"], f"{path} (its configuration)")
         try:
-            cfg = config_from_dict(saved["config"], f"{path} (its configuration)")
             sd, input_dim = saved["state_dict"], int(saved["input_dim"])
-            mean = sd["shift"].reshape(-1) if "shift" in sd else None
-            var = sd["scale"].reshape(-1) if "scale" in sd else None
-            model = HashModel(input_dim, cfg.bits, cfg.hidden_layers, cfg.arch, [cfg.seed], mean, var,
-                              cfg.hidden_width)
-            check_state(model, sd, path)
-            model.load_members([sd])
-        except (KeyError, TypeError, AttributeError) as err:
-            raise DamagedRunError(f"{path} is not an rsgh model (missing or wrong entry: {err})") from None
+        except (TypeError, ValueError):
+            raise DamagedRunError(f"{path} is not an rsgh model (its input_dim is not an integer)") from None
+        check_shapes(cfg, input_dim, sd, path)  # before the model is built: its size is the file's, not the config's
+        mean = sd["shift"].reshape(-1) if "shift" in sd else None
+        var = sd["scale"].reshape(-1) if "scale" in sd else None
+        model = HashModel(input_dim, cfg.bits, cfg.hidden_layers, cfg.arch, [cfg.seed], mean, var, cfg.hidden_width)
+        check_state(model, sd, path)
+        model.load_members([sd])
         return model.eval(), cfg
 
     # ------------------------------------------------------------------ results
