@@ -79,7 +79,7 @@ WINDOW = (1280, 1000)
 OVERFLOW = "overflows the content column"
 # Added to a copy of each page: after the page's scripts ran, every table, image and figure whose box
 # ends right of the article column, or sits in a box that scrolls sideways, is listed in a <div>.
-MEASURE = """<script>window.addEventListener("load", function () { setTimeout(function () {
+MEASURE = r"""<script>window.addEventListener("load", function () { setTimeout(function () {
   var article = document.querySelector("article.bd-article") || document.querySelector("main") || document.body;
   var right = article.getBoundingClientRect().right, found = [];
   document.querySelectorAll("article table, article img, article figure, main table, main img").forEach(function (el) {

@@ -208,3 +208,46 @@ def test_benchmark_result_files_say_where_each_number_was_measured(tmp_path, mon
     assert frame["ratio"].tolist() == [1.5, 1.25] and (frame["source"] == "measured").all()
     assert frame["cpu"].iloc[-1] and frame["date"].iloc[-1].endswith("Z")
     plt.close(figures.benchmark_history(frame, {"ratio": [("ratio", "ratio")]}))
+
+
+def test_recall_and_study_figures_keep_two_panels_per_row():
+    import optuna
+
+    table = pd.DataFrame([{"dataset": d, "bits": k, "method": m, "seed": s, "N": n, "recall": n / 1000 + s / 100}
+                          for d in ("mnist", "cifar10") for k in (16, 32, 64) for m in ("SGH", "ITQ", "LSH")
+                          for s in range(2) for n in (1, 10, 100, 1000)])
+    fig = figures.recall_curves(table)
+    shown = [ax for ax in fig.axes if ax.axison]
+    assert len(shown) == 6 and len({round(ax.get_position().x0, 2) for ax in shown}) == 2
+    assert all(ax.get_ylabel() == "Recall10@N" for ax in shown) and fig.get_size_inches()[0] <= style.WIDTH
+    assert _line_colors(fig)["ITQ"] == style.METHODS["ITQ"].color.lower()
+    plt.close(fig)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    studies = {}
+    for arm in ("SGH", "R-SGH"):
+        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+        study.optimize(lambda t: t.suggest_float("lr", 1e-4, 1e-2, log=True) + t.suggest_int("layers", 1, 4) / 10,
+                       n_trials=6)
+        studies[arm] = study
+    fig = figures.study_figures(studies)
+    shown = [ax for ax in fig.axes if ax.axison]
+    assert len(shown) == 4 and len({round(ax.get_position().x0, 2) for ax in shown}) == 2
+    plt.close(fig)
+    assert not figures.study_figures({})
+
+
+def test_provenance_line_sums_each_groups_time_once_and_names_commits_and_cpus():
+    from rsgh.book.notebook import provenance_text
+
+    group = ["sgh-k64-s0-0123456789", "rsgh-k64-s0-0123456789"]
+    runs = [{"git_commit": "abcdef0123456789", "wall_time_s": 3600.0, "group_runs": group, "group_size": 2,
+             "versions": {"cpu": "AMD EPYC", "torch": "2.13.0"}} for _ in group]
+    runs.append({"git_commit": "fedcba9876543210-dirty", "wall_time_s": 1800.0, "versions": {"cpu": "Intel Xeon",
+                                                                                              "torch": "2.13.0"}})
+    text = provenance_text(runs)
+    assert text.startswith("*Runs shown:* 3 runs") and "commits abcdef0123, fedcba9876-dirty" in text
+    assert "AMD EPYC, Intel Xeon" in text and "torch 2.13.0" in text
+    assert "90 min of training in all" in text  # the group's hour once, and half an hour
+    assert " to " not in text  # no date in these summaries: none is made up from file times
+    runs[0]["finished_at"], runs[2]["finished_at"] = "2026-12-01T10:00:00Z", "2026-12-03T09:00:00Z"
+    assert "2026-12-01 to 2026-12-03" in provenance_text(runs)
