@@ -251,3 +251,19 @@ def test_provenance_line_sums_each_groups_time_once_and_names_commits_and_cpus()
     assert " to " not in text  # no date in these summaries: none is made up from file times
     runs[0]["finished_at"], runs[2]["finished_at"] = "2026-12-01T10:00:00Z", "2026-12-03T09:00:00Z"
     assert "2026-12-01 to 2026-12-03" in provenance_text(runs)
+
+
+def test_a_glued_table_is_markdown_on_its_page_and_html_on_another(monkeypatch):
+    import IPython.display
+    import myst_nb
+
+    glued, shown = {}, []
+    monkeypatch.setattr(myst_nb, "glue", lambda name, obj, display=False: glued.setdefault(name, obj))
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
+    frame = pd.DataFrame({"claim": ["(a) R-SGH beats SGH <tuned>"], "verdict": ["no"], "mAP": ["0.150 ± 0.002"]})
+    tables.glue_table("headline", frame)
+    value = glued["headline"]
+    assert value._repr_markdown_().startswith("| claim | verdict | mAP |")
+    html = value._repr_html_()
+    assert "<table" in html and "&lt;tuned&gt;" in html and "0.150&nbsp;±&nbsp;0.002" in html
+    assert shown[0].data == value._repr_markdown_()

@@ -172,6 +172,22 @@ class Table:
             blocks.append(self.note)
         return "\n\n".join(blocks) + "\n"
 
+    def to_html(self) -> str:
+        """The same table(s) as HTML (for a page that pastes it from another page)."""
+        from html import escape
+
+        out = [f"<p>{escape(self.caption)}</p>"] if self.caption else []
+        for part in self.parts():
+            numeric = {c: _numeric(part[c]) for c in part.columns}
+            head = "".join(f'<th class="{_align(numeric[c])}">{escape(str(c))}</th>' for c in part.columns)
+            rows = "".join("<tr>" + "".join(f'<td class="{_align(numeric[c])}">{escape(str(v)).replace(" ± ", "&nbsp;±&nbsp;")}'
+                                            f"</td>" for c, v in zip(part.columns, row)) + "</tr>"
+                           for row in part.itertuples(index=False))
+            out.append(f'<table class="table"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>')
+        if self.note:
+            out.append(f"<p>{escape(self.note)}</p>")
+        return "\n".join(out)
+
     def _repr_markdown_(self) -> str:
         return self.to_markdown()
 
@@ -186,6 +202,39 @@ def show(frame: pd.DataFrame, caption: str | None = None, note: str | None = Non
     return Table(frame, caption=caption, note=note, **kw)
 
 
+def glue_table(name: str, table, display: bool = True) -> Table:
+    """Glue a table (a :class:`Table` or a DataFrame) under ``name`` and show it. The same page pastes it
+    again with a ``{glue:md} NAME`` directive (``:format: myst``); another page, e.g. the landing page
+    showing the Verdicts page's headline table, with a ``{glue} NAME`` directive and the option
+    ``:doc: verdicts.ipynb`` (myst-nb pastes across pages only HTML, text and images, so the glued value
+    carries an HTML table as well)."""
+    from IPython.display import Markdown
+    from IPython.display import display as show_output
+    from myst_nb import glue
+
+    table = table if isinstance(table, Table) else Table(table)
+    glue(name, _Glued(table), display=False)
+    if display:
+        show_output(Markdown(table.to_markdown()))
+    return table
+
+
+class _Glued:
+    """A table as myst-nb glues it: MyST markdown for its own page, HTML for another page."""
+
+    def __init__(self, table: Table):
+        self.table = table
+
+    def _repr_markdown_(self) -> str:
+        return self.table.to_markdown()
+
+    def _repr_html_(self) -> str:
+        return self.table.to_html()
+
+    def __repr__(self) -> str:
+        return self.table.to_markdown()
+
+
 def _width(header, cells) -> int:
     """Characters a column takes: its longest cell (numbers do not wrap), the longest word of its header
     or of a text cell (they wrap), and 3 for the padding."""
@@ -195,6 +244,10 @@ def _width(header, cells) -> int:
         longest = max(longest, len(text) if _is_number_like(text) else max((len(w) for w in text.split()), default=0))
     head = max((len(w) for w in str(header).split()), default=0)
     return max(longest, head) + 3
+
+
+def _align(numeric: bool) -> str:
+    return "text-right" if numeric else "text-left"
 
 
 def _is_number_like(text: str) -> bool:
