@@ -244,6 +244,8 @@ def test_rerun_box_of_every_page_parses_and_names_the_page():
         for c in commands:
             assert rerun_problems(c, page, plan) == []
         assert f"--only {page}" in text and "notebooks/" in text and "rsgh/book/" in text
+        for path in re.findall(r"`((?:notebooks|rsgh)/[\w/]+\.(?:py|ipynb))`", text):
+            assert (ROOT / path).is_file(), f"{page}'s rerun box names {path}, which does not exist"
         assert text_problems(text, page) == []
     with pytest.raises(ValueError, match="no page 'e3'"):
         rerun_markdown("e3")
