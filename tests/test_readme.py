@@ -143,3 +143,14 @@ def test_the_readmes_python_examples_run(tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "mine" / "model.pt").exists()
     assert namespace["codes"].shape == (4, 16) and set(namespace["codes"].ravel()) <= {0, 1}
     assert namespace["features"].shape == (4, 512)
+
+
+def test_the_architecture_table_names_every_module():
+    text = README.read_text()
+    package = ROOT / "rsgh"
+    missing = []
+    for folder in sorted(p for p in package.iterdir() if (p / "__init__.py").exists()):
+        row = next((line for line in text.splitlines() if line.startswith(f"| `rsgh/{folder.name}/` |")), "")
+        missing += [f"rsgh/{folder.name}/{m.name}" for m in sorted(folder.glob("*.py"))
+                    if m.stem != "__init__" and f"`{m.stem}`" not in row]
+    assert not missing, f"modules missing from the README's architecture table: {missing}"
