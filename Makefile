@@ -11,7 +11,7 @@ RSGH_DATA ?= $(if $(wildcard ../shared/data/MNIST),$(abspath ../shared/data),$(a
 export RSGH_DATA
 RUNS ?= runs
 
-PROFILE ?= paper
+PROFILE ?= quick
 .PHONY: venv reproduce book test fast e1 reference clean-venv
 
 venv: $(VENV)/.installed

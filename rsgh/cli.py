@@ -212,7 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_summarize)
     r = sub.add_parser("reproduce", help="re-execute the book's notebooks into a separate folder and compare every "
                                          "published number (notebooks/plan.yml)")
-    r.add_argument("--profile", default="paper", help="parameter set of the plan: paper (default), quick, smoke or full (the sources' budgets)")
+    r.add_argument("--profile", default="quick", choices=["render", "quick", "paper", "full", "smoke"],
+                   help="render: every page from the results store, nothing trained (minutes); quick (default): one "
+                        "seed per page retrained with the stored best configurations (about an hour on 2 cores); "
+                        "paper: everything retrained and the studies rerun (a cluster or a GPU); full: paper with "
+                        "twice the studies' budgets; smoke: minutes, checks the machinery only")
     r.add_argument("--out", type=path_arg, help="folder of the re-executed book (default: reproduction/<profile>): "
                                                  "new, empty, or a reproduction made by rsgh")
     r.add_argument("--plan", type=path_arg, default=str(ROOT / "notebooks" / "plan.yml"))
@@ -224,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--runs-dir", type=path_arg,
                    help="where trained runs are kept and reused (default: the plan's, e.g. runs/)")
     r.add_argument("--publish", action="store_true",
-                   help="then copy the executed pages into the published book (--published; for its maintainers)")
+                   help="(the book's maintainers) make what the results store lacks, writing it there, then render "
+                        "every page from the store into the published book (--published)")
     r.set_defaults(func=cmd_reproduce)
     st = sub.add_parser("study", help="a hyperparameter study (Optuna) of one arm, tuned on validation queries")
     st.add_argument("--arm", required=True, choices=["sgh", "sgh-arch", "rsgh"],

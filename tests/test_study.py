@@ -12,28 +12,67 @@ from rsgh.book import study as st
 from rsgh.book import verdicts as vd
 
 
-@pytest.mark.parametrize("method", ["sgh", "rsgh"])
-def test_every_suggestion_is_a_valid_configuration_on_the_validation_split(method):
-    """Random draws from the search space all validate, use the study's split (test queries plus
-    validation queries), stop early on the validation mAP, and R-SGH is never linear."""
+@pytest.mark.parametrize("arm", ["sgh", "sgh-arch", "rsgh"])
+def test_every_suggestion_is_a_valid_configuration_on_the_validation_split(arm):
+    """Random draws from each arm's search space all validate, use the study's split (test queries plus
+    validation queries), stop early on the validation mAP; R-SGH and SGH in R-SGH's architecture are never
+    linear, and the latter is SGH."""
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    for _ in range(40):
+    for _ in range(60):
         trial = study.ask()
-        params = st.suggest(trial, method)
-        cfg = st.trial_config(params, method, "cifar10", 64, 20)
-        assert cfg.method == method and cfg.validation_per_class == 100 and cfg.queries_per_class == 100
+        params = st.suggest(trial, arm)
+        cfg = st.trial_config(params, arm, "cifar10", 64, 20)
+        assert cfg.method == ("rsgh" if arm == "rsgh" else "sgh")
+        assert cfg.validation_per_class == 100 and cfg.queries_per_class == 100
         assert cfg.patience == st.PATIENCE and cfg.epochs == 20 and cfg.eval_epochs == 1
         assert cfg.estimator == "approximate"
-        if method == "rsgh":
+        if arm != "sgh":
             assert cfg.arch == "mlp" and cfg.hidden_layers >= 1
+        if arm == "rsgh" and cfg.coupling == "step_sizes":
+            assert cfg.model_lr == cfg.lr  # the model's step is drawn as every arm's lr
         study.tell(trial, 0.1)
+
+
+def test_sgh_in_rsghs_architecture_searches_rsghs_space_without_its_terms():
+    """The control arm: the same choices and ranges as R-SGH's space, less R-SGH's own parameters."""
+    def space(arm):
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+        seen = {}
+        for _ in range(200):
+            trial = study.ask()
+            st.suggest(trial, arm)
+            seen.update(trial.distributions)
+            study.tell(trial, 0.0)
+        return seen
+
+    rsgh, arch, sgh = space("rsgh"), space("sgh-arch"), space("sgh")
+    own = {"coupling", "delta", "eta", "adv_lr", "eta_step", "tau", "tie_target", "redundancy"}
+    assert set(arch) == set(rsgh) - own
+    assert all(arch[k] == rsgh[k] for k in arch)
+    assert sgh["hidden_layers"].choices == (0, 1, 2, 4) and arch["hidden_layers"].choices == (1, 2, 4)
+    assert sgh["family"].choices == ("mlp", "linear-reference") and arch["family"].choices == ("mlp",)
+    with pytest.raises(ValueError, match="arm must be one of"):
+        st.suggest(optuna.trial.FixedTrial({}), "itq")
+
+
+def test_a_best_value_in_the_outer_tenth_of_its_range_is_an_edge():
+    """edge_values: the outer tenth in log scale for a log range (lr 1e-5..1e-1: below 2.5e-5 or above
+    4e-2), linear otherwise (prior 0.05..0.95: below 0.14 or above 0.86)."""
+    lr = optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True)
+    prior = optuna.distributions.FloatDistribution(0.05, 0.95)
+    for lr_value, prior_value, edges in [(1e-3, 0.5, set()), (2e-5, 0.5, {"lr"}), (5e-2, 0.5, {"lr"}),
+                                         (3e-5, 0.9, {"prior"}), (1e-3, 0.13, {"prior"})]:
+        study = optuna.create_study(direction="maximize")
+        study.add_trial(optuna.trial.create_trial(params={"lr": lr_value, "prior": prior_value},
+                                                  distributions={"lr": lr, "prior": prior}, value=1.0))
+        assert set(st.edge_values(study)) == edges, (lr_value, prior_value)
 
 
 def test_the_width_factor_scales_with_the_code_length():
     params = {"feature_scaling": "standardize", "lr": 1e-3, "batch_size": 64, "train_noise": "uniform",
               "family": "mlp", "hidden_layers": 2, "width_factor": 2, "recon_sigma": 1.0, "prior": 0.5}
     assert st.trial_config(params, "sgh", "mnist", 32, 10).hidden_width == 64
-    assert st.trial_config(params, "sgh", "mnist", 128, 10).hidden_width == 256
+    assert st.trial_config(params, "sgh-arch", "mnist", 128, 10).hidden_width == 256
     reference = st.trial_config({"feature_scaling": "none", "lr": 1e-2, "batch_size": 512, "train_noise": "half",
                                  "family": "linear-reference"}, "sgh", "mnist", 64, 10)
     assert (reference.arch, reference.objective, reference.hidden_layers) == ("reference", "reference", 0)
@@ -45,9 +84,30 @@ def test_best_parameters_read_back_give_the_same_configuration(tmp_path):
     params = st.suggest(trial, "rsgh")
     study.tell(trial, 0.2)
     (tmp_path / "best.json").write_text(json.dumps({"params": study.best_trial.params}))
-    assert st.best_params(tmp_path, "rsgh") == params  # delta_step / eta_step mapped back to delta / eta
+    assert st.best_params(tmp_path, "rsgh") == params
     with pytest.raises(FileNotFoundError, match="run the study first"):
         st.best_params(tmp_path / "nowhere", "rsgh")
+
+
+def test_a_study_lives_in_its_journal_and_continues_from_it(tmp_path):
+    """The journal is the study: reopened from the file alone it has every trial, its values and attributes;
+    a trial left running by a killed process is failed and asked again with the same parameters."""
+    study = st.open_study("sgh-arch", "mnist", 64, tmp_path)
+    for value in (0.3, 0.5):
+        trial = study.ask()
+        st.suggest(trial, "sgh-arch")
+        trial.set_user_attr("best_epoch", 4.0)
+        study.tell(trial, value)
+    left = study.ask()
+    params = st.suggest(left, "sgh-arch")
+    again = st.open_study("sgh-arch", "mnist", 64, tmp_path, create=False)
+    assert [t.value for t in again.trials[:2]] == [0.3, 0.5] and again.best_trial.user_attrs["best_epoch"] == 4.0
+    st._requeue_interrupted(again)
+    assert st.counts(again) == {"complete": 2, "pruned": 0, "failed": 1, "running": 0}
+    requeued = again.ask()
+    assert st.suggest(requeued, "sgh-arch") == params and requeued.params == left.params
+    with pytest.raises(FileNotFoundError, match="has not been run"):
+        st.open_study("rsgh", "mnist", 64, tmp_path / "none", create=False)
 
 
 def test_effects_pair_by_seed_and_their_interval_is_students_t():
@@ -67,18 +127,42 @@ def test_effects_pair_by_seed_and_their_interval_is_students_t():
     assert single.n == 3 and single.mean == pytest.approx(0.06)
 
 
-def test_the_tuned_comparison_decides_the_verdict():
-    up, down = vd.Effect(0.1, 0.05, 0.15, 3), vd.Effect(-0.1, -0.15, -0.05, 3)
-    assert vd.overall(down, up) == "supported" and vd.overall(up, down) == "not supported"
-    assert vd.overall(up, None) == "supported" and vd.overall(None, None) == "not testable here"
-    row = vd.row("claim", up, down, "{doc}`x`")
-    assert row["verdict"] == "not supported" and "[+0.050, +0.150]: supported" in row["sources' settings"]
-    # a claim under a protocol the studies did not tune for: the sources' settings decide
-    assert vd.overall(up, down, decide="sources") == "supported"
-    assert vd.overall(None, down, decide="sources") == "not supported"
-    assert vd.row("claim", up, down, "", decide="sources")["decided by"] == "sources"
-    with pytest.raises(ValueError, match="decide must be"):
-        vd.overall(up, down, decide="patents")
+def test_holm_adjusts_step_down_and_decides_the_rows():
+    """Holm's adjusted p-values against a hand computation (m = 4: 4 p1, max(., 3 p2), ...), NaN left out."""
+    p = [0.01, 0.04, 0.03, 0.005, float("nan")]
+    adjusted = vd.holm(p)
+    assert adjusted[3] == pytest.approx(0.02) and adjusted[0] == pytest.approx(0.03)
+    assert adjusted[2] == pytest.approx(0.06) and adjusted[1] == pytest.approx(0.06)  # monotone: max(0.06, 0.04)
+    assert np.isnan(adjusted[4])
+    up = vd.Effect(0.1, 0.05, 0.15, 5, 0.02, 0.001)
+    assert vd.adjusted_verdict(up, 0.004) == "supported" and vd.adjusted_verdict(up, 0.2) == "inconclusive"
+    down = vd.Effect(-0.1, -0.15, -0.05, 5, 0.02, 0.001)
+    assert vd.adjusted_verdict(down, 0.01) == "not supported"
+
+
+def test_the_verdict_table_corrects_over_deciding_rows_and_drops_untrained_runs():
+    seeds = [0, 1, 2, 3, 4]
+    def side(values, dead=()):
+        return pd.DataFrame({"seed": seeds, "map": values, "active_units_001": [0 if s in dead else 30 for s in seeds]})
+
+    strong = vd.compare("(i) terms help", "MNIST, K = 64", "tuned", side([0.52, 0.53, 0.51, 0.52, 0.54]),
+                        side([0.50, 0.50, 0.50, 0.49, 0.51]), "map")
+    weak = vd.compare("(ii) beats best", "MNIST, K = 64", "tuned", side([0.50, 0.52, 0.49, 0.51, 0.50]),
+                      side([0.49, 0.50, 0.50, 0.50, 0.49], dead=(1,)), "map")
+    shown = vd.compare("(ii) beats best", "MNIST, K = 64", "other", side([0.5] * 5), side([0.4] * 5), "map",
+                       decides=False)
+    table = vd.table([strong, weak, shown])
+    assert table.loc[0, "Holm p"] == pytest.approx(2 * strong.effect.p)  # the smaller of two deciding p-values
+    assert table.loc[1, "Holm p"] == pytest.approx(max(2 * strong.effect.p, weak.effect.p))
+    assert table.loc[2, "verdict (Holm)"] == "(not decisive)" and np.isnan(table.loc[2, "Holm p"])
+    assert table.loc[0, "without untrained runs"] == "—"  # every run trained
+    clean = vd.effect(pd.Series([0.50, 0.49, 0.51, 0.50], index=[0, 2, 3, 4]),
+                      pd.Series([0.49, 0.50, 0.50, 0.49], index=[0, 2, 3, 4]))
+    assert weak.clean.mean == pytest.approx(clean.mean) and weak.clean.n == 4  # seed 1 dropped on both sides
+    sentence = vd.headline_sentence([strong, weak], table.iloc[:2])
+    assert "R-SGH does not beat SGH" in sentence or "Not shown" in sentence
+    assert "helps in 1 of 1" in sentence
+    assert vd.key_of(strong) == "i_mnist_k_64_tuned"
 
 
 def test_top_trials_orders_by_value_and_shows_parameters_a_trial_left_out_as_a_dash():

@@ -1,18 +1,18 @@
-"""The fair comparison of the book: every method tuned with the same budget on validation queries,
-then measured once on the test queries.
+"""The fair comparison of the book: every arm tuned with the same budget on validation queries, then
+measured once on the test queries.
 
-- :func:`ensure_study` runs (or continues, or reuses) the Optuna study of one method;
-- :func:`tuned_experiment` retrains each method's best configuration at every code length and seed;
+- :func:`ensure_study` reads (or runs, or continues) the Optuna study of one arm;
+- :func:`tuned_experiment` retrains each arm's best configuration at every code length and seed;
 - :func:`patents_experiment` is the same data and split at the patents' settings;
 - :func:`tuned_baselines` gives ITQ (and LSH, PCAH, SH) their one choice, the feature scaling, on the
   validation queries, then measures the chosen scaling on the test queries.
 
-Study folders are ``<studies_dir>/<dataset>-k<bits>-<method>``; the retrained runs go to
-``<runs_dir>/<dataset>/`` like every run.
+Where results come from (the results store, or training) is the page's :class:`~rsgh.book.store.Source`.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -20,85 +20,96 @@ import pandas as pd
 
 from ..config import Runtime
 from . import study as st
-from .experiments import Experiment, baselines_table
+from .experiments import Experiment, Results, baselines_name, baselines_table
 from .pages import retrieval_configs
+from .store import Source
 
 SCALINGS = ("none", "center", "standardize", "whiten")
 
 
-def study_dir(studies_dir: str | Path, dataset: str, method: str, bits: int) -> Path:
-    return Path(studies_dir) / f"{dataset}-k{bits}-{method}"
-
-
-def ensure_study(dataset: str, method: str, bits: int, trials: int, max_epochs: int, studies_dir: str | Path,
-                 data_root=None) -> Path:
-    """The study folder, its study run to ``trials`` finished trials first if it has fewer."""
-    folder = study_dir(studies_dir, dataset, method, bits)
-    if (folder / "best.json").exists():
-        s = st.open_study(method, dataset, bits, folder)
-        c = st.counts(s)
-        if c["complete"] + c["pruned"] >= trials:
-            st.write_best(s, folder)
-            return folder
-    st.run_study(method, dataset, bits, trials, max_epochs, folder, data_root=data_root, progress=False)
+def ensure_study(source: Source, dataset: str, arm: str, bits: int, trials: int, max_epochs: int) -> Path:
+    """The study folder of ``arm``: read from the store, or (modes ``study`` and ``publish``) run or continued
+    to ``trials`` finished trials first. A study with fewer trials than ``trials`` is not read as if it had
+    them."""
+    name = st.study_name(arm, dataset, bits)
+    folder = source.study_folder(name)
+    if source.mode in ("study", "publish"):
+        study = st.open_study(arm, dataset, bits, folder)
+        c = st.counts(study)
+        if c["complete"] + c["pruned"] < trials or not (folder / "best.json").exists():
+            st.run_study(arm, dataset, bits, trials, max_epochs, folder, source.studies_dir, source.data_root,
+                         progress=False)
+        return folder
+    study = st.open_study(arm, dataset, bits, folder, create=False)
+    c = st.counts(study)
+    if c["complete"] + c["pruned"] < trials:
+        raise FileNotFoundError(f"{folder}: the study {name} has {c['complete'] + c['pruned']} finished trials, "
+                                f"not the {trials} asked for; run it (python -m rsgh study --arm {arm} --dataset "
+                                f"{dataset} --bits {bits} --trials {trials} --out {folder})")
     return folder
 
 
-def tuned_experiment(dataset: str, bits: Sequence[int], seeds: Sequence[int], max_epochs: int, study_bits: int,
-                     studies_dir: str | Path, runs_dir: str | Path, data_root=None,
-                     methods: Sequence[str] = ("sgh", "rsgh")) -> Experiment:
-    """Each method's best configuration (from its study at ``study_bits``) at every code length and seed."""
-    dirs = {m: study_dir(studies_dir, dataset, m, study_bits) for m in methods}
-    variants = [("tuned", st.trial_config(st.best_params(dirs[m], m), m, dataset, k, max_epochs, seed=s))
-                for k in bits for m in methods for s in seeds]
-    return Experiment(f"tuned-{dataset}", variants, runs_dir, data_root, Runtime(progress=False))
+def tuned_experiment(source: Source, dataset: str, bits: Sequence[int], seeds: Sequence[int], max_epochs: int,
+                     study_bits: int, arms: Sequence[str] = tuple(st.ARMS)) -> Experiment:
+    """Each arm's best configuration (from its study at ``study_bits``) at every code length and seed; the
+    variant of each run is its arm's label."""
+    folders = {a: source.study_folder(st.study_name(a, dataset, study_bits)) for a in arms}
+    variants = [(st.ARMS[a], st.trial_config(st.best_params(folders[a], a), a, dataset, k, max_epochs, seed=s))
+                for k in bits for a in arms for s in seeds]
+    return Experiment(f"tuned-{dataset}", variants, source.runs_dir, source.data_root,
+                      Runtime(progress=False, compile_step=True))
 
 
-def patents_experiment(dataset: str, bits: Sequence[int], seeds: Sequence[int], epochs: int, eval_epochs: int,
-                       runs_dir: str | Path, data_root=None, compile_step: bool = True) -> Experiment:
+def tuned_results(source: Source, experiment: Experiment) -> Results:
+    """The tuned runs, each named by its arm (``method``), the model kept being that of its best
+    validation epoch (``map`` is its test mAP; ``map_final`` the last epoch's)."""
+    res = source.runs(experiment)
+    finals = res.finals.assign(method=res.finals["variant"], map_final=res.finals["map"], map=res.finals["map_best"])
+    curves = res.curves.assign(method=res.curves["variant"])
+    return Results(res.dirs, curves, finals)
+
+
+def patents_experiment(source: Source, dataset: str, bits: Sequence[int], seeds: Sequence[int], epochs: int,
+                       eval_epochs: int) -> Experiment:
     """The patents' settings (embodiment 2's network and training) on the study's data and split: for
-    CIFAR-10 exactly the runs of the embodiment 2 page."""
+    CIFAR-10 exactly the runs of the embodiment 2 page, for MNIST and Fashion-MNIST those of their pixels
+    pages."""
     data = dict(st.DATASETS[dataset])
     page = "e2" if dataset == "cifar10" else f"{dataset.replace('-mnist', '')}-pixels"
     overrides = {"eval_epochs": eval_epochs}
     if dataset != "cifar10":
         overrides.update(dataset=data["dataset"], features="pixels", feature_scaling="none")
     variants = retrieval_configs(["e2-sgh", "e2-rsgh"], bits, seeds, epochs, data["validation_per_class"], overrides)
-    return Experiment(page, variants, runs_dir, data_root, Runtime(compile_step=compile_step, progress=False))
+    return Experiment(page, variants, source.runs_dir, source.data_root, Runtime(compile_step=True, progress=False))
 
 
-def tuned_baselines(cfg, bits: Sequence[int], seeds: Sequence[int], data_root=None,
-                    scheduler: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def baselines(source: Source, cfg, bits: Sequence[int], seeds: Sequence[int], scaling: str = "none",
+              part: str = "query") -> pd.DataFrame:
+    """The classic baselines' table on ``cfg``'s data and split (from the store, or fitted)."""
+    return source.table(baselines_name(cfg, bits, seeds, scaling=scaling, part=part),
+                        lambda: baselines_table(cfg, list(bits), list(seeds), source.data_root, scaling=scaling,
+                                                part=part))
+
+
+def tuned_baselines(source: Source, cfg, bits: Sequence[int], seeds: Sequence[int]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(test table, choices): each baseline's feature scaling chosen per code length by its mean
-    validation mAP, and its test mAP with that scaling. One Dask task per scaling and part (the fits of a
-    table are many ITQ iterations on the whole database: minutes per scaling at 5 seeds on CIFAR-10)."""
-    from .schedule import get_client
-
-    client = get_client(scheduler)
-
-    def tables(part: str, scalings: Sequence[str]) -> dict:
-        futures = [client.submit(baselines_table, cfg, list(bits), list(seeds), data_root, scaling=s, part=part,
-                                 pure=False) for s in scalings]
-        return dict(zip(scalings, client.gather(futures)))
-
-    val = pd.concat(tables("validation", SCALINGS).values())
+    validation mAP, and its test mAP with that scaling."""
+    val = pd.concat([baselines(source, cfg, bits, seeds, s, "validation") for s in SCALINGS])
     choice = (val.groupby(["method", "bits", "scaling"])["map"].mean().reset_index()
               .sort_values("map", ascending=False).drop_duplicates(["method", "bits"]))
-    tests = tables("query", sorted(set(choice["scaling"])))
+    tests = {s: baselines(source, cfg, bits, seeds, s, "query") for s in sorted(set(choice["scaling"]))}
     rows = [tests[c.scaling][(tests[c.scaling]["method"] == c.method) & (tests[c.scaling]["bits"] == c.bits)]
             for c in choice.itertuples()]
     return pd.concat(rows, ignore_index=True), choice.rename(columns={"map": "validation_map"}).reset_index(drop=True)
 
 
-def best_params_table(studies: dict) -> pd.DataFrame:
-    """The best trial's parameters of each study (method -> study folder), one column per method."""
-    import json
-
+def best_params_table(folders: dict) -> pd.DataFrame:
+    """The best trial's parameters of each study (arm -> study folder), one column per arm."""
     cols = {}
-    for method, folder in studies.items():
+    for arm, folder in folders.items():
         doc = json.loads((Path(folder) / "best.json").read_text())
-        cols[method.upper().replace("RSGH", "R-SGH")] = dict(doc["params"], validation_map=round(doc["validation_map"], 4))
-    return pd.DataFrame(cols).fillna("")
+        cols[st.ARMS[arm]] = dict(doc["params"], validation_map=round(doc["validation_map"], 4))
+    return pd.DataFrame(cols).fillna("").rename_axis("parameter")
 
 
 def top_trials(study, n: int = 5) -> pd.DataFrame:

@@ -83,6 +83,15 @@ def ablation_configs(base: str, seeds: Sequence[int], epochs: int, **overrides) 
     return out
 
 
+def baselines_name(cfg: Config, bits: Sequence[int], seeds: Sequence[int] = (0,),
+                   names: Sequence[str] = ("LSH", "PCAH", "ITQ", "SH"), scaling: str = "none", part: str = "query") -> str:
+    """The name of a baselines table in the results store: its data, split and parameters."""
+    split = (f"q{cfg.queries_per_class}v{cfg.validation_per_class}" if not cfg.n_queries else
+             f"n{cfg.n_queries}v{cfg.n_validation}") + f"s{cfg.split_seed}"
+    return "-".join([cfg.dataset, cfg.features, split, scaling, part, "k" + "_".join(map(str, bits)),
+                     "s" + "_".join(map(str, seeds)), "_".join(names).lower()])
+
+
 def baselines_table(cfg: Config, bits: Sequence[int], seeds: Sequence[int] = (0,), data_root=None,
                     names: Sequence[str] = ("LSH", "PCAH", "ITQ", "SH"), scaling: str = "none",
                     part: str = "query", cache: bool = True) -> pd.DataFrame:
@@ -119,9 +128,11 @@ def baselines_table(cfg: Config, bits: Sequence[int], seeds: Sequence[int] = (0,
                 t0 = time.perf_counter()
                 model = fit_baseline(name.lower(), db, k, seed=s)
                 rep = retrieval_report(model.encode(q), model.encode(db), r, part=part)
+                recall = rep["recall10_at_n"]
                 rows.append({"method": name, "bits": k, "seed": s, "map": rep["map"],
                              "precision_radius2": rep["precision_radius2"],
                              **{f"p@{kk}": v for kk, v in rep["precision_at_k"].items()},
+                             **{f"recall10@{n}": v for n, v in zip(recall["N"], recall["recall"])},
                              "seconds": time.perf_counter() - t0, "scaling": scaling, "source": r.source})
     table = pd.DataFrame(rows)
     if path is not None:

@@ -19,9 +19,7 @@ spread (training is chaotic: a rounding difference grows to a seed-sized one), n
 
 from __future__ import annotations
 
-import ast
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -34,6 +32,7 @@ import nbformat
 import yaml
 
 from ..errors import NotebookFailed
+from .notebook import strip_stderr
 from ..files import atomic_text, check_writable
 from ..paths import check_outside_book
 
@@ -59,11 +58,16 @@ def load_plan(path: str | Path = PLAN) -> dict:
 # workers so too: distributed.nanny.pre-spawn-environ). Measured on 2 busy cores: an ITQ fit at 64 bits on
 # 59,000 x 512 took 36 s with one OpenBLAS thread and more than 300 s with two (idle OpenBLAS threads spin).
 BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-FULL = "full"  # the sources' budgets (200 epochs, 60 / 30 trials, 5 seeds): its entries change the paper profile
+BOOK = "book"  # the published book's parameters; every profile lists what it changes
+PROFILES = ("render", "quick", "paper", "full", "smoke")
 
 
 def pages(plan_path: str | Path, profile: str, only: Sequence[str] = ()) -> list[tuple[str, Path, dict]]:
-    """(page name, source notebook, parameters) of the plan's pages for ``profile``."""
+    """(page name, source notebook, parameters) of the plan's pages for ``profile`` ("book": the
+    published book's; a profile's entry changes the book's parameters, and ``{skip: true}`` leaves the
+    page out)."""
+    if profile != BOOK and profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; the profiles are {', '.join(PROFILES)}")
     notebooks = load_plan(plan_path)["notebooks"]
     unknown = set(only) - set(notebooks)
     if unknown:
@@ -72,13 +76,13 @@ def pages(plan_path: str | Path, profile: str, only: Sequence[str] = ()) -> list
     for name, entry in notebooks.items():
         if only and name not in only:
             continue
-        if profile == FULL and isinstance(entry, dict) and "paper" in entry:  # full: changes to the paper profile
-            params = {**(entry["paper"] or {}), **(entry.get(FULL) or {})}
-        elif isinstance(entry, dict) and profile in entry:
-            params = dict(entry[profile] or {})
-        else:
-            raise ValueError(f"page {name} has no '{profile}' profile in {plan_path}")
-        out.append((name, Path(plan_path).parent / f"{entry.get('notebook', name)}.ipynb", params))
+        if not isinstance(entry, dict) or BOOK not in entry:
+            raise ValueError(f"page {name} has no '{BOOK}' parameters in {plan_path}")
+        change = {} if profile == BOOK else dict(entry.get(profile) or {})
+        if change.pop("skip", False):
+            continue
+        out.append((name, Path(plan_path).parent / f"{entry.get('notebook', name)}.ipynb",
+                    {**(entry[BOOK] or {}), **change}))
     return out
 
 
@@ -112,10 +116,12 @@ def _hide_injected_parameters(path: Path) -> None:
 
 
 def run_plan(plan_path: str | Path, profile: str, out_dir: str | Path, only: Sequence[str] = (),
-             redo: bool = False, cwd: str | Path = ROOT, extra_parameters: dict | None = None) -> list[dict]:
+             redo: bool = False, cwd: str | Path = ROOT, extra_parameters: dict | None = None,
+             expected: dict | None = None) -> list[dict]:
     """Execute the plan's pages for ``profile`` into ``out_dir``; returns one record per page. A page
     that ``out_dir`` already holds, finished from the same cells with the same parameters, is skipped
-    unless ``redo``. A failure stops the plan with the page's name; its partial output is kept."""
+    unless ``redo``. A failure stops the plan with the page's name; its partial output is kept.
+    ``expected``: seconds each page took the last time (for the estimate of the time left)."""
     import papermill as pm
 
     out_dir = Path(out_dir)
@@ -123,7 +129,7 @@ def run_plan(plan_path: str | Path, profile: str, out_dir: str | Path, only: Seq
     selected = pages(plan_path, profile, only)
     for var in BLAS_THREADS:  # the kernels inherit it (a value the user set is kept)
         os.environ.setdefault(var, "1")
-    records = []
+    records, start = [], time.perf_counter()
     for i, (name, source, parameters) in enumerate(selected, 1):
         if extra_parameters:  # to the pages that declare them (papermill warns of any other)
             declared = pm.inspect_notebook(str(source))
@@ -133,7 +139,7 @@ def run_plan(plan_path: str | Path, profile: str, out_dir: str | Path, only: Seq
             print(f"[{i}/{len(selected)}] {name}: already executed in {out_dir}, kept", flush=True)
             records.append({"notebook": name, "status": "kept", "seconds": 0.0})
             continue
-        print(f"[{i}/{len(selected)}] {name}: running ({profile})", flush=True)
+        print(f"[{i}/{len(selected)}] {name}: running ({profile}){_left(selected[i - 1:], expected)}", flush=True)
         t0 = time.perf_counter()
         try:
             pm.execute_notebook(str(source), str(target), parameters=parameters, cwd=str(cwd),
@@ -142,103 +148,19 @@ def run_plan(plan_path: str | Path, profile: str, out_dir: str | Path, only: Seq
             raise NotebookFailed(f"notebook {name} failed in cell {err.exec_count}: {err.ename}: {err.evalue} "
                                  f"(partial output kept in {target})") from None
         _hide_injected_parameters(target)
+        strip_stderr(target)  # warnings and log lines (with this machine's paths) are not part of the page
         seconds = time.perf_counter() - t0
-        print(f"[{i}/{len(selected)}] {name}: done in {seconds:.0f} s", flush=True)
+        print(f"[{i}/{len(selected)}] {name}: done in {seconds:.0f} s ({(time.perf_counter() - start) / 60:.1f} "
+              f"min so far)", flush=True)
         records.append({"notebook": name, "status": "executed", "seconds": seconds})
     return records
 
 
-def glued(path: Path) -> dict[str, float]:
-    """The numbers a notebook glued (``rsgh.book.notebook.glue_number``), by name."""
-    out = {}
-    for cell in nbformat.read(path, as_version=4).cells:
-        for o in cell.get("outputs", []):
-            scrapbook = o.get("metadata", {}).get("scrapbook", {})
-            name = scrapbook.get("name")
-            text = o.get("data", {}).get(scrapbook.get("mime_prefix", "") + "text/plain")
-            if name is not None and text is not None:
-                try:
-                    out[name] = float(ast.literal_eval(text))
-                except (ValueError, SyntaxError, TypeError):
-                    continue  # a glued text or figure: not a number
-    return out
-
-
-def tolerance(published: float, sd: float | None, n_pub: int, n_rep: int) -> float:
-    spread = 3 * sd * math.sqrt(1 / max(n_pub, 1) + 1 / max(n_rep, 1)) if sd is not None else 0.0
-    return max(spread, 0.01 * abs(published), 1e-9)
-
-
-def compare(published_dir: Path, reproduced_dir: Path, names: Sequence[str]) -> list[dict]:
-    """One record per headline number of each page: published, reproduced, tolerance, ok."""
-    records = []
-    for page in names:
-        pub_path, rep_path = published_dir / f"{page}.ipynb", reproduced_dir / f"{page}.ipynb"
-        if not pub_path.exists() or not rep_path.exists():
-            continue
-        pub, rep = glued(pub_path), glued(rep_path)
-        for name in sorted(k for k in pub if not k.endswith(("__sd", "__n"))):
-            n_pub, n_rep = int(pub.get(f"{name}__n", 1)), int(rep.get(f"{name}__n", 1))
-            sd = pub.get(f"{name}__sd", rep.get(f"{name}__sd"))
-            tol = tolerance(pub[name], sd, n_pub, n_rep)
-            value = rep.get(name)
-            ok = value is not None and abs(value - pub[name]) <= tol
-            records.append({"page": page, "quantity": name, "published": pub[name], "reproduced": value,
-                            "difference": None if value is None else value - pub[name], "tolerance": tol,
-                            "seeds_published": n_pub, "seeds_reproduced": n_rep,
-                            "spread_published": pub.get(f"{name}__sd"), "ok": bool(ok)})
-    return records
-
-
-def verdict(records: list[dict]) -> str:
-    good = sum(r["ok"] for r in records)
-    return f"{good} of {len(records)} numbers reproduced within tolerance"
-
-
-def expected_misses(records: list[dict]) -> tuple[float, int]:
-    """(how many of the numbers with a published seed spread would fall outside their tolerance by
-    chance alone, how many such numbers there are). A spread measured on n_p seeds is itself uncertain:
-    if the reproduced value comes from the same distribution as the published seeds (normal), the
-    difference over ``s sqrt(1/n_p + 1/n_r)`` follows Student's t with n_p - 1 degrees of freedom, so
-    the 3 s rule misses with probability P(|t| > 3): 9.5% with 3 seeds, 4.0% with 5, not 0.27%."""
-    from scipy import stats
-
-    expected, count = 0.0, 0
-    for r in records:
-        s, n_p, n_r = r.get("spread_published"), r["seeds_published"], r["seeds_reproduced"]
-        if s is None or s <= 0 or n_p < 2:
-            continue
-        k = r["tolerance"] / (s * math.sqrt(1 / n_p + 1 / max(n_r, 1)))
-        expected += 2 * float(stats.t.sf(k, n_p - 1))
-        count += 1
-    return expected, count
-
-
-def chance_line(records: list[dict]) -> str:
-    expected, count = expected_misses(records)
-    return (f"by chance alone, about {expected:.1f} of the {count} numbers with a published seed spread would "
-            f"fall outside (spreads from few seeds; Student's t)")
-
-
-def report_page(records: list[dict], profile: str, seconds: float, copied: Sequence[str] = ()) -> str:
-    """The reproduction report as a MyST page of the reproduction's book."""
-    lines = ["# Reproduction report", "",
-             f"Profile `{profile}`, re-executed in {seconds / 60:.1f} minutes: **{verdict(records)}**; "
-             f"{chance_line(records)}.", ""]
-    if copied:
-        lines += [f"Pages not re-executed here (shown as published): {', '.join(copied)}.", ""]
-    lines += [
-             "Each number is a headline number of the published book (glued by its notebook) beside the value "
-             "re-executed here. Tolerance: $\\max(3\\,s\\sqrt{1/n_p + 1/n_r},\\ 0.01\\,|\\text{published}|)$, "
-             "with $s$ the seed spread and $n_p$, $n_r$ the seeds behind each value.", "",
-             "| page | quantity | published | reproduced | difference | tolerance | ok |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for r in records:
-        rep = "missing" if r["reproduced"] is None else f"{r['reproduced']:.4g}"
-        diff = "" if r["difference"] is None else f"{r['difference']:+.3g}"
-        lines.append(f"| {r['page']} | `{r['quantity']}` | {r['published']:.4g} | {rep} | {diff} | "
-                     f"{r['tolerance']:.3g} | {'yes' if r['ok'] else '**no**'} |")
-    return "\n".join(lines) + "\n"
+def _left(remaining: list, expected: dict | None) -> str:
+    """", about N min left" from the seconds the remaining pages took the last time (when known)."""
+    if not expected or any(name not in expected for name, _, _ in remaining):
+        return ""
+    return f", about {sum(expected[name] for name, _, _ in remaining) / 60:.0f} min left (as the last time)"
 
 
 # Written first into the folder of a reproduction: a folder holding it (or under reproduction/, the default
@@ -295,54 +217,83 @@ def _write_toc(out: Path) -> None:
     (out / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
 
 
-def reproduce(profile: str = "paper", out: str | Path | None = None, plan: str | Path = PLAN, only: Sequence[str] = (),
+def reproduce(profile: str = "quick", out: str | Path | None = None, plan: str | Path = PLAN, only: Sequence[str] = (),
               scheduler: str | None = None, build: bool = True, published: str | Path = ROOT / "book",
               runs_dir: str | None = None, publish: bool = False) -> int:
     """Re-execute the plan into ``out`` (default ``reproduction/<profile>``), compare with the published
-    book, write the report and build the reproduction's book. Returns 0 when every number is within
-    tolerance, else 1. ``runs_dir``: where trained runs are kept and reused (default: the plan's).
-    ``publish``: then copy the executed pages into the published book (what its maintainers do to
-    update it; never done otherwise)."""
+    book, write the report and build the reproduction's book. Returns 0 when the misses are consistent
+    with chance and no claim changed, else 1 (:mod:`rsgh.book.report`). ``runs_dir``: where trained runs
+    are kept and reused (default: the plan's). ``publish`` (the book's maintainers): every page executed
+    in mode ``publish`` (making what the results store lacks, writing it there), then rendered from the
+    store with the book's parameters into ``published``."""
+    from . import store as results_store
+    from .report import compare, overall, report_page
+
+    if publish:
+        return _publish(plan, only, scheduler, Path(published), runs_dir)
     published = Path(published).resolve()
     out = Path(out or ROOT / "reproduction" / profile).expanduser().resolve()
     _check_out(out, published)  # outside the book; new, empty or a reproduction; writable: before anything is written
-    pages(plan, profile, only)  # an unknown profile or page is said before anything is written
+    selected = pages(plan, profile, only)  # an unknown profile or page is said before anything is written
     _prepare_out(out, published)
+    _use_cluster(scheduler)
+    last = results_store.last_reproduction(profile)
+    t0 = time.perf_counter()
+    records = run_plan(plan, profile, out, only, extra_parameters={"runs_dir": str(runs_dir)} if runs_dir else None,
+                       expected=(last or {}).get("page_seconds"))
+    seconds = time.perf_counter() - t0
+    report = compare(published, out, [r["notebook"] for r in records])
+    rerun = {r["notebook"] for r in records}
+    for name, _, _ in pages(plan, BOOK):  # pages not re-executed: the published copies, said so
+        if name not in rerun and (published / f"{name}.ipynb").exists():
+            shutil.copy2(published / f"{name}.ipynb", out / f"{name}.ipynb")
+    (out / "reproduction_report.json").write_text(json.dumps(report, indent=2))
+    copied = sorted(name for name, _, _ in pages(plan, BOOK) if name not in rerun and (out / f"{name}.ipynb").exists())
+    (out / "reproduction_report.md").write_text(report_page(report, profile, seconds, copied))
+    _write_toc(out)
+    status, line = overall(report)
+    if not only:  # a whole reproduction is recorded in the store (the book's Reproducibility page reads it)
+        results_store.record_reproduction(profile, line, status, report, records, seconds)
+    print(f"{len(records)} page(s) in {seconds / 60:.1f} min; {line}; report: {out / 'reproduction_report.json'}")
+    for r in report:
+        if not r["ok"]:
+            print(f"  outside tolerance: {r['page']} {r['quantity']}: published {r['published']:.4g}, reproduced "
+                  f"{r['reproduced']}, tolerance {r['tolerance']:.3g}")
+    if build:
+        _build(out)
+    return status
+
+
+def _use_cluster(scheduler: str | None) -> None:
     if scheduler:
         os.environ["RSGH_SCHEDULER"] = scheduler  # the notebooks' kernels inherit it
     else:
         from .schedule import get_client
 
         os.environ["RSGH_SCHEDULER"] = get_client().scheduler.address  # one local cluster for every page
-    t0 = time.perf_counter()
-    records = run_plan(plan, profile, out, only, extra_parameters={"runs_dir": str(runs_dir)} if runs_dir else None)
-    seconds = time.perf_counter() - t0
-    report = compare(published, out, [r["notebook"] for r in records])
-    rerun = {r["notebook"] for r in records}
-    for name, _, _ in pages(plan, profile):  # pages not re-executed (--only): the published copies, said so
-        if name not in rerun and (published / f"{name}.ipynb").exists():
-            shutil.copy2(published / f"{name}.ipynb", out / f"{name}.ipynb")
-    (out / "reproduction_report.json").write_text(json.dumps(report, indent=2))
-    copied = sorted(name for name, _, _ in pages(plan, profile) if name not in rerun and (out / f"{name}.ipynb").exists())
-    (out / "reproduction_report.md").write_text(report_page(report, profile, seconds, copied))
-    _write_toc(out)
-    print(f"{len(records)} page(s) in {seconds:.0f} s; {verdict(report)} ({chance_line(report)}); "
-          f"report: {out / 'reproduction_report.json'}")
-    for r in report:
-        if not r["ok"]:
-            print(f"  outside tolerance: {r['page']} {r['quantity']}: published {r['published']:.4g}, reproduced "
-                  f"{r['reproduced']}, tolerance {r['tolerance']:.3g}")
-    if publish:
-        for r in records:
-            shutil.copy2(out / f"{r['notebook']}.ipynb", published / f"{r['notebook']}.ipynb")
-        print(f"published {len(records)} page(s) into {published}")
-    if build:
-        jb = Path(sys.executable).parent / "jupyter-book"
-        done = subprocess.run([str(jb) if jb.exists() else "jupyter-book", "build", "-W", "-n", "--keep-going",
-                               str(out)], capture_output=True, text=True)
-        if done.returncode != 0:
-            problems = [line for line in (done.stdout + done.stderr).splitlines() if "WARNING" in line or "ERROR" in line]
-            raise NotebookFailed(f"the reproduction's book in {out} did not build strictly: "
-                                 + " | ".join(problems[:5]))
-        print(f"book: {out / '_build' / 'html' / 'index.html'}")
-    return 0 if all(r["ok"] for r in report) else 1
+
+
+def _publish(plan, only: Sequence[str], scheduler: str | None, published: Path, runs_dir: str | None) -> int:
+    """Make what the store lacks (mode publish), then render every page from the store into the book."""
+    _use_cluster(scheduler)
+    making = ROOT / "reproduction" / "publish"
+    selected = [name for name, _, params in pages(plan, BOOK, only) if "mode" in params]
+    extra = {"mode": "publish", **({"runs_dir": str(runs_dir)} if runs_dir else {})}
+    if selected:
+        run_plan(plan, BOOK, making, selected, extra_parameters=extra)
+    rendered = ROOT / "reproduction" / "book"
+    records = run_plan(plan, BOOK, rendered, only, redo=True)
+    for r in records:
+        shutil.copy2(rendered / f"{r['notebook']}.ipynb", published / f"{r['notebook']}.ipynb")
+    print(f"published {len(records)} page(s) into {published}")
+    return 0
+
+
+def _build(out: Path) -> None:
+    jb = Path(sys.executable).parent / "jupyter-book"
+    done = subprocess.run([str(jb) if jb.exists() else "jupyter-book", "build", "-W", "-n", "--keep-going",
+                           str(out)], capture_output=True, text=True)
+    if done.returncode != 0:
+        problems = [line for line in (done.stdout + done.stderr).splitlines() if "WARNING" in line or "ERROR" in line]
+        raise NotebookFailed(f"the reproduction's book in {out} did not build strictly: " + " | ".join(problems[:5]))
+    print(f"book: {out / '_build' / 'html' / 'index.html'}")

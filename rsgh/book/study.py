@@ -211,13 +211,17 @@ def counts(study) -> dict:
 
 
 def _requeue_interrupted(study) -> None:
-    """Trials left running by a killed process: failed, and asked again with the same parameters."""
+    """Trials left running by a killed process: failed, and asked again with the same parameters (once:
+    not when such a trial is already waiting; Optuna's own ``skip_if_exists`` would find the failed trial
+    itself and never ask again)."""
     from optuna.trial import TrialState
 
-    for t in study.trials:
-        if t.state == TrialState.RUNNING:
-            study.tell(t.number, state=TrialState.FAIL)
-            study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number}, skip_if_exists=True)
+    waiting = [t.system_attrs.get("fixed_params") for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(t.number, state=TrialState.FAIL)
+        if t.params not in waiting:
+            study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number})
+            waiting.append(t.params)
 
 
 def run_study(arm: str, dataset: str, bits: int, trials: int, max_epochs: int, folder: str | Path,

@@ -37,6 +37,7 @@ class RetrievalData:
     source: str  # e.g. "CIFAR-10 (JPEG copy)"
     names: list = field(default_factory=list)
     class_names: list = field(default_factory=list)
+    derived: dict = field(default_factory=dict)  # computed once per process from these data (e.g. neighbours)
 
     def indices(self, part: str) -> np.ndarray:
         """Indices of ``part``: "query" (test), "validation" or "database"."""

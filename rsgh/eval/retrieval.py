@@ -14,6 +14,9 @@ import torch
 
 from ..data.task import RetrievalData
 from .metrics import mean_average_precision, retrieval_summary
+from .neighbours import euclidean_neighbours, recall_at_n
+
+RECALL_NS = np.unique(np.round(np.logspace(0, 4, 33)).astype(int))  # N = 1 .. 10,000 of Recall10@N
 
 
 def map_evaluator(data: RetrievalData, device="cpu"):
@@ -37,13 +40,29 @@ def model_codes(model, data: RetrievalData, part: str) -> np.ndarray:
     return model.hash(torch.as_tensor(data.x(part)))[0].numpy()
 
 
+def euclidean_truth(data: RetrievalData, part: str = "query", r: int = 10) -> np.ndarray:
+    """The ``r`` nearest database items of each ``part`` query in Euclidean distance of the features
+    before scaling (SGH's protocol), computed once per process and collection."""
+    key = ("euclidean", part, r)
+    if key not in data.derived:
+        data.derived[key] = euclidean_neighbours(data.x(part, raw=True), data.x("database", raw=True), r=r)
+    return data.derived[key]
+
+
 def retrieval_report(query_codes, db_codes, data: RetrievalData, part: str = "query",
-                     ks=(100, 500, 1000)) -> dict:
+                     ks=(100, 500, 1000), euclidean: bool = True) -> dict:
     """mAP, precision@k, precision within Hamming radius 2 and the precision-recall points of the
-    ``part`` queries (default: the test queries) against the database."""
+    ``part`` queries (default: the test queries) against the database; with ``euclidean`` also
+    Recall10@N of their Euclidean neighbours (N in ``RECALL_NS``)."""
     s = retrieval_summary(query_codes, db_codes, data.y(part), data.y("database"), ks=ks)
-    return {"map": s["map"], "precision_at_k": {str(k): v for k, v in s["precision_at_k"].items()},
-            "precision_radius2": s["precision_within_radius"],
-            "pr_curve": s["pr_curve"].to_dict(orient="list"),
-            "queries": part, "n_queries": int(len(data.indices(part))), "n_database": int(len(data.split.database)),
-            "bits": int(np.asarray(query_codes).shape[1]), "source": data.source}
+    report = {"map": s["map"], "precision_at_k": {str(k): v for k, v in s["precision_at_k"].items()},
+              "precision_radius2": s["precision_within_radius"],
+              "pr_curve": s["pr_curve"].to_dict(orient="list"),
+              "queries": part, "n_queries": int(len(data.indices(part))),
+              "n_database": int(len(data.split.database)), "bits": int(np.asarray(query_codes).shape[1]),
+              "source": data.source}
+    if euclidean and len(data.split.database) >= 10:  # Recall10@N needs ten true neighbours per query
+        ns = RECALL_NS[RECALL_NS <= len(data.split.database)]
+        recall = recall_at_n(query_codes, db_codes, euclidean_truth(data, part), ns)
+        report["recall10_at_n"] = {"N": [int(n) for n in ns], "recall": [float(v) for v in recall]}
+    return report

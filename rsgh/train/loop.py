@@ -14,6 +14,7 @@ group goes on without it, so a model ends where it would end alone.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import math
 import time
 from dataclasses import dataclass, field
@@ -358,7 +359,8 @@ class _Training:
             "wall_time_s": elapsed, "seconds_per_epoch": elapsed / (steps / self.per_epoch) if steps else None,
             "steps_per_second": steps / elapsed if elapsed else None, "device": str(self.device),
             "threads": self.runtime.threads, "runtime": self.runtime.to_dict(), "data_source": self.data.source,
-            "data_checksums": self.data.checksums, "versions": versions(), "git_commit": self.commit})
+            "data_checksums": self.data.checksums, "versions": versions(), "git_commit": self.commit,
+            "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
         m.run.drop_checkpoints()
         m.stopped = True
 

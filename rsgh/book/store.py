@@ -1,0 +1,169 @@
+"""The results store: the small files of every run, study and baseline table the book shows, kept in
+the repository (``results/``), so that a fresh clone renders every page without training.
+
+    results/runs/<dataset>/<run name>/   config.json, metrics.csv, summary.json, units.csv.gz, and for
+                                         retrieval runs retrieval.json and retrieval_best.json (test-query
+                                         mAP, precision, precision-recall and Euclidean Recall10@N of the
+                                         final and of the best-validation model); never model weights
+    results/studies/<study name>/        journal.log (the Optuna journal) and best.json
+    results/baselines/<name>.csv         the classic baselines' tables, keyed by their data and code
+
+A page reads its results through a :class:`Source`, whose ``mode`` says what may be computed:
+
+- ``render``: everything from the store; nothing is trained or fitted, and a missing result is an
+  error naming it (what the book's published pages do, and ``reproduce --profile render``);
+- ``train``: runs trained (or reused) in ``runs_dir`` and baselines fitted; studies from the store
+  (the best configurations are retrained, the searches are not rerun);
+- ``study``: also the studies, run to their budgets in ``studies_dir``;
+- ``publish``: as ``study``, with the studies in the store and every finished run and baseline table
+  written into it as it finishes (how the published book's results are made).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..files import atomic_text, atomic_write_file
+
+ROOT = Path(__file__).resolve().parent.parent.parent / "results"
+MODES = ("render", "train", "study", "publish")
+RUN_FILES = ("config.json", "metrics.csv", "summary.json", "retrieval.json", "retrieval_best.json")
+
+
+def default_store() -> Path:
+    """The results store: ``RSGH_RESULTS``, else ``results/`` of the checkout."""
+    env = os.environ.get("RSGH_RESULTS")
+    return Path(env).expanduser() if env else ROOT
+
+
+def is_stored(folder: Path) -> bool:
+    """Does ``folder`` hold a finished run's results (a run folder or its copy in the store)?"""
+    return (folder / "summary.json").exists() and (folder / "config.json").exists()
+
+
+def export_run(run: Path, dest: Path) -> None:
+    """The small files of the finished run folder ``run`` into the store folder ``dest`` (each written
+    atomically; units.csv compressed). A store folder of another configuration is never replaced."""
+    run, dest = Path(run), Path(dest)
+    if (dest / "config.json").exists() and (dest / "config.json").read_text() != (run / "config.json").read_text():
+        raise ValueError(f"{dest} holds the results of another configuration than {run}; remove it yourself "
+                         "if it is stale")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES[1:]:
+        if (run / name).exists():
+            atomic_write_file(dest / name, lambda fh, src=run / name: fh.write(src.read_bytes()))
+    if (run / "units.csv").exists():
+        data = gzip.compress((run / "units.csv").read_bytes(), mtime=0)  # mtime 0: the same bytes every time
+        atomic_write_file(dest / "units.csv.gz", lambda fh: fh.write(data))
+    atomic_text(dest / "config.json", (run / "config.json").read_text())  # last: marks the copy complete
+
+
+def store_size(store: Path | None = None) -> int:
+    """Bytes in the store (the README states it; it must stay small)."""
+    root = Path(store or default_store())
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+@dataclass
+class Source:
+    """Where a page's runs, studies and baselines come from, and what may be computed (module docstring)."""
+    mode: str = "render"
+    store: str | Path = ""
+    runs_dir: str | Path = "runs"
+    studies_dir: str | Path = "studies"
+    data_root: str | None = None
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode={self.mode!r} is not one of {', '.join(MODES)}")
+        self.store = Path(self.store) if self.store else default_store()
+        self.data_root = self.data_root or None
+
+    @property
+    def trains(self) -> bool:
+        return self.mode != "render"
+
+    def run_folder(self, cfg) -> Path:
+        return self.store / "runs" / cfg.dataset / cfg.run_name()
+
+    def study_folder(self, name: str) -> Path:
+        """A study's folder: in the store, except in ``study`` mode (a fresh search in ``studies_dir``)."""
+        return (Path(self.studies_dir) if self.mode == "study" else self.store / "studies") / name
+
+    def runs(self, experiment):
+        """The experiment's results: read from the store (render), else trained and read from the run
+        folders (publish: each finished run also copied into the store)."""
+        from ..train.rundir import read_runs
+        from .experiments import Results
+
+        if not self.trains:
+            dirs = [self.run_folder(cfg) for _, cfg in experiment.variants]
+            missing = [str(d) for d in dirs if not is_stored(d)]
+            if missing:
+                raise FileNotFoundError(f"{len(missing)} run(s) of {experiment.name} are not in the results store "
+                                        f"(first: {missing[0]}); make them with a training level (python -m rsgh "
+                                        "reproduce --profile quick or paper)")
+            curves, finals = read_runs(dirs, [v for v, _ in experiment.variants])
+            return Results(dirs, curves, finals)
+        results = experiment.run()
+        if self.mode == "publish":
+            for (_, cfg), d in zip(experiment.variants, results.dirs):
+                export_run(d, self.run_folder(cfg))
+        return results
+
+    def table(self, name: str, compute) -> pd.DataFrame:
+        """A derived table (the baselines'): from the store when it holds ``name``, else ``compute()``d
+        (not in render mode), and written into the store when publishing."""
+        path = self.store / "baselines" / f"{name}.csv"
+        if path.exists() and self.mode in ("render", "publish"):
+            return pd.read_csv(path)
+        if not self.trains:
+            raise FileNotFoundError(f"{path} is not in the results store; make it with a training level "
+                                    "(python -m rsgh reproduce --profile quick or paper)")
+        table = compute()
+        if self.mode == "publish":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_text(path, table.to_csv(index=False))
+        return table
+
+
+def copy_study(src: Path, dest: Path) -> None:
+    """A study's journal and best.json copied into the store (a study run elsewhere, then published)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("journal.log", "best.json"):
+        if (src / name).exists():
+            shutil.copy2(src / name, dest / name)
+
+
+def record_reproduction(profile: str, line: str, status: int, report: list[dict], pages: list[dict],
+                        seconds: float, store: Path | None = None) -> Path:
+    """The outcome of a whole reproduction at one level, kept in the store (``reproduction/<profile>.json``):
+    when, at which commit, on which CPU, its verdict line, the numbers outside tolerance and each page's time."""
+    import datetime
+    import json
+
+    from ..train.rundir import git_commit, versions
+
+    path = Path(store or default_store()) / "reproduction" / f"{profile}.json"
+    doc = {"profile": profile, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "commit": git_commit(), "cpu": versions()["cpu"], "cores": os.cpu_count(), "torch": versions()["torch"],
+           "status": status, "line": line, "minutes": seconds / 60, "numbers": len(report),
+           "outside": [{k: r[k] for k in ("page", "quantity", "published", "reproduced", "tolerance", "z")}
+                       for r in report if not r["ok"]],
+           "page_seconds": {p["notebook"]: p["seconds"] for p in pages if p["status"] == "executed"}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_text(path, json.dumps(doc, indent=2, default=float))
+    return path
+
+
+def last_reproduction(profile: str, store: Path | None = None) -> dict | None:
+    import json
+
+    path = Path(store or default_store()) / "reproduction" / f"{profile}.json"
+    return json.loads(path.read_text()) if path.exists() else None
