@@ -28,14 +28,15 @@ RETRIEVAL_PAGES = {
            "available to this project, so the tables below stand beside the classic baselines on the same "
            "features and split. Features are standardised with the database's mean and standard deviation "
            "(a choice the patents do not state); the baselines use the raw GIST features, as in the published "
-           "calibration (SPEC section 5). Where the official `cifar-10-python.tar.gz` is absent, the JPEG copy "
-           "is used and every result says \"CIFAR-10 (JPEG copy)\"."),
+           "calibration. Where the official `cifar-10-python.tar.gz` is absent, the JPEG copy "
+           "is used and every result says \"CIFAR-10 (JPEG copy)\" (see {doc}`deviations`)."),
     "e3": ("Embodiment 3: Caltech-256 retrieval",
            "The patents' third embodiment: GIST-512 features of Caltech-256 images (resized to 128 x 128 here, "
            "a parameter), 1,000 random test queries, the rest is the training set and the database (without the "
            "`257.clutter` category by default), M = 4, K = 32, 64, 128, batch 32, 200 epochs. The official "
            "archive `256_ObjectCategories.tar` (md5 67b4f42ca05d46448c6bb8ecd2220f6d) is needed; this page shows "
-           "results only when it is present in the data root."),
+           "results only when it is present in the data root, and it was not on the machine that built the book "
+           "(see {doc}`deviations`)."),
     "mnist-pixels": ("MNIST, pixels", "The retrieval protocol of embodiment 2 on MNIST (70,000 images, train and "
                      "test together) with raw pixels in [0, 1] as features; network as in embodiment 2."),
     "mnist-gist": ("MNIST, GIST", "The retrieval protocol of embodiment 2 on MNIST with GIST-512 of the 28 x 28 "
@@ -57,9 +58,11 @@ def retrieval_text(page: str, validation: int, epochs: int | None = None) -> tup
     if validation:
         intro += " " + _VALIDATION.format(validation=validation)
     if epochs is not None and page in ("e2", "e3") and epochs != 200:
-        intro += (f" **This page trains {epochs} epochs, not the patents' 200**: the budget of the published "
-                  "book on two cores (the plan's `full` profile trains 200). The model kept is the one of the best "
-                  "validation evaluation either way, and the curves below show where that falls.")
+        intro += (f" **This page trains {epochs} epochs, not the patents' 200.** The model kept is the one of the "
+                  "best validation evaluation either way, and the curves below show where that falls.")
+    intro += (" Both the model after the last epoch (the patents' protocol) and the model of the best validation "
+              "epoch are measured on the test queries ({doc}`deviations` lists where this book departs from the "
+              "sources).")
     return title, intro
 
 

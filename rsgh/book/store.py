@@ -84,6 +84,21 @@ class Source:
             raise ValueError(f"mode={self.mode!r} is not one of {', '.join(MODES)}")
         self.store = Path(self.store) if self.store else default_store()
         self.data_root = self.data_root or None
+        self.reads: list[str] = []  # what this page read from the store (glue_reads: a test checks them)
+
+    def _note(self, path: Path) -> Path:
+        if path.is_relative_to(self.store):
+            self.reads.append(str(path.relative_to(self.store)))
+        return path
+
+    def glue_reads(self) -> None:
+        """Glue the store entries this page read (``store_reads``), so that a test can check that every
+        result a published page shows is in the store."""
+        import json
+
+        from myst_nb import glue
+
+        glue("store_reads", json.dumps(sorted(set(self.reads))), display=False)
 
     @property
     def trains(self) -> bool:
@@ -94,7 +109,7 @@ class Source:
 
     def study_folder(self, name: str) -> Path:
         """A study's folder: in the store, except in ``study`` mode (a fresh search in ``studies_dir``)."""
-        return (Path(self.studies_dir) if self.mode == "study" else self.store / "studies") / name
+        return self._note((Path(self.studies_dir) if self.mode == "study" else self.store / "studies") / name)
 
     def runs(self, experiment):
         """The experiment's results: read from the store (render), else trained and read from the run
@@ -103,7 +118,7 @@ class Source:
         from .experiments import Results
 
         if not self.trains:
-            dirs = [self.run_folder(cfg) for _, cfg in experiment.variants]
+            dirs = [self._note(self.run_folder(cfg)) for _, cfg in experiment.variants]
             missing = [str(d) for d in dirs if not is_stored(d)]
             if missing:
                 raise FileNotFoundError(f"{len(missing)} run(s) of {experiment.name} are not in the results store "
@@ -122,6 +137,7 @@ class Source:
         (not in render mode), and written into the store when publishing."""
         path = self.store / "baselines" / f"{name}.csv"
         if path.exists() and self.mode in ("render", "publish"):
+            self._note(path)
             return pd.read_csv(path)
         if not self.trains:
             raise FileNotFoundError(f"{path} is not in the results store; make it with a training level "
@@ -130,6 +146,7 @@ class Source:
         if self.mode == "publish":
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_text(path, table.to_csv(index=False))
+            self._note(path)
         return table
 
 
