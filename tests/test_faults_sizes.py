@@ -315,7 +315,7 @@ def test_a_scaling_file_declaring_gigabytes_is_refused_unread(scaled_run, shared
 @pytest.mark.slow
 def test_a_scaling_file_of_deflated_gigabytes_takes_no_gigabyte(scaled_run, tmp_path):
     path = deflated_npz(tmp_path / "feature_scaling.npz", 2 * GIB)  # the issue's: 7.8 MB file, 7.7 GiB
-    assert path.stat().st_size < 5 << 20
+    assert path.stat().st_size < 16 << 20
     code, err, peak = peak_of(path, code="import sys; from rsgh.data.features import load_scaling\ntry:\n"
                                           "    load_scaling(sys.argv[1], 784)\nexcept ValueError as e:\n"
                                           "    print(e, file=sys.stderr)")
@@ -367,7 +367,8 @@ def test_huge_images_in_a_small_archive_take_no_gigabytes(tmp_path):
     code, err, peak = peak_of(*args)
     assert code == 2
     one_line(err, "is 8000 x 8000 pixels")
-    code, err, peak_gist = peak_of(*args[:-2], "--set", "features=gist", "--set", "image_size=32", *args[-2:])
+    code, err, peak_gist = peak_of(*tiny_args(archive, tmp_path / "run", "--set", "features=gist", "--set",
+                                              "image_size=32"))
     assert code == 2
     one_line(err, "its images decode to more than")
     assert peak < 500 and peak_gist < 1000, f"peak memory {peak:.0f} and {peak_gist:.0f} MiB"  # before: 6 GiB

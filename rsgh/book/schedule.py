@@ -39,9 +39,10 @@ def workers_wanted() -> int:
 
 def get_client(scheduler: str | None = None):
     """The Dask client of this process: connected to ``scheduler`` (default ``RSGH_SCHEDULER``), else
-    to a ``LocalCluster`` of single-threaded worker processes started on first use."""
+    to a ``LocalCluster`` of single-threaded worker processes started on first use (:func:`local_cluster`:
+    TLS with temporary credentials, on 127.0.0.1)."""
     global _CLIENT
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     scheduler = scheduler or os.environ.get("RSGH_SCHEDULER") or None
     if _CLIENT is not None and _CLIENT.status == "running":
@@ -49,16 +50,70 @@ def get_client(scheduler: str | None = None):
             return _CLIENT
         _close()  # and the local cluster it may have started
     if scheduler:
-        _CLIENT = Client(scheduler, timeout="30s")
+        _CLIENT = Client(scheduler, timeout="30s", security=shared_security(scheduler))
     else:
-        import dask
-
-        with dask.config.set(quiet_settings()):  # read as the cluster starts; the nannies pass them on
-            cluster = LocalCluster(n_workers=workers_wanted(), threads_per_worker=1, processes=True,
-                                   dashboard_address=":0", silence_logs=logging.ERROR)
-        _CLIENT = Client(cluster)
+        cluster, security = local_cluster()
+        _CLIENT = Client(cluster, security=security)
+        share_credentials(security)
         atexit.register(_close)
     return _CLIENT
+
+
+# The local cluster's door. Dask's scheduler runs any function a connected client sends it, so a
+# scheduler reachable without credentials lets every process of the machine run code as this user.
+# The local cluster speaks TLS with credentials made for it alone (distributed.Security.temporary():
+# a self-signed certificate and key, in memory), on 127.0.0.1, and every connection must present them.
+# Dask's HTTP servers (the dashboard; the scheduler's and workers' /info, /metrics and /health pages)
+# serve nothing unless RSGH_DASHBOARD=1, and then the dashboard listens on 127.0.0.1 only.
+TLS_VAR = "RSGH_SCHEDULER_TLS"  # a private folder with the credentials, for this process's children
+DASHBOARD_VAR = "RSGH_DASHBOARD"
+
+
+def local_cluster():
+    """(a started ``LocalCluster``, its ``Security``): ``RSGH_WORKERS`` single-threaded worker processes."""
+    import dask
+    from distributed import LocalCluster, Security
+
+    security = Security.temporary()
+    dashboard = os.environ.get(DASHBOARD_VAR, "").strip().lower() in ("1", "true", "yes")
+    closed = {} if dashboard else {"distributed.scheduler.http.routes": [], "distributed.worker.http.routes": []}
+    with dask.config.set({**quiet_settings(), **closed}):  # read as the cluster starts; the nannies pass them on
+        cluster = LocalCluster(n_workers=workers_wanted(), threads_per_worker=1, processes=True, protocol="tls",
+                               host="127.0.0.1", security=security, silence_logs=logging.ERROR,
+                               dashboard_address="127.0.0.1:0" if dashboard else None)
+    if dashboard:
+        print(f"Dask dashboard (this machine only): {cluster.dashboard_link}", flush=True)
+    return cluster, security
+
+
+def share_credentials(security) -> Path:
+    """Write the local cluster's credentials into a private folder (0700, files 0600, removed at exit)
+    named by ``RSGH_SCHEDULER_TLS``, so that this process's children (the notebooks' kernels of
+    ``reproduce``, which inherit ``RSGH_SCHEDULER``) can connect; no other user can read them."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="rsgh-dask-tls-"))  # mode 0700
+    for name, text in (("ca.pem", security.tls_ca_file), ("cert.pem", security.tls_client_cert),
+                       ("key.pem", security.tls_client_key)):
+        fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+    os.environ[TLS_VAR] = str(folder)
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+def shared_security(scheduler: str):
+    """The credentials for a ``tls://`` scheduler that a parent process shared (:func:`share_credentials`),
+    else None: Dask's own configuration (``distributed.comm.tls.*``, see the README) applies."""
+    folder = os.environ.get(TLS_VAR)
+    if not scheduler.startswith("tls://") or not folder or not Path(folder, "key.pem").is_file():
+        return None
+    from distributed import Security
+
+    return Security(require_encryption=True, tls_ca_file=str(Path(folder, "ca.pem")),
+                    tls_client_cert=str(Path(folder, "cert.pem")), tls_client_key=str(Path(folder, "key.pem")))
 
 
 # Dask's periodic work that a local cluster of training workers does without. Measured with two workers

@@ -156,21 +156,29 @@ def decode_members(reader, members: Sequence[str], image_size, skip_bad: bool, d
         read += len(data)
         if pixels is not None:
             _check_pixels(reader.path, name, data, pixels)
+        kept += _kept_bytes(data, image_size)  # from the header: checked before the image is decoded
+        if kept > SLACK + ratio * read:
+            raise ValueError(f"{reader.path}: its images decode to more than {kept:,} bytes of pixels from {read:,} "
+                             f"bytes read (more than 64 MiB plus {ratio} times: a decompression bomb?); if the images "
+                             f"are genuine, raise {RATIO_VAR}=<ratio>")
         try:
-            image = decode_image(data, name, image_size)
+            decoded[name] = decode_image(data, name, image_size)
         except Exception as err:  # PIL raises OSError, ValueError, SyntaxError, EOFError, ...
             if not skip_bad:
                 raise ValueError(f"{reader.path}: member {name} is not a decodable image ({err}); "
                                  "the archive is corrupt") from None
             bad.append(name)
-            continue
-        kept += image.nbytes
-        if kept > SLACK + ratio * read:
-            raise ValueError(f"{reader.path}: its images decode to more than {kept:,} bytes of pixels from {read:,} "
-                             f"bytes read (more than 64 MiB plus {ratio} times: a decompression bomb?); if the images "
-                             f"are genuine, raise {RATIO_VAR}=<ratio>")
-        decoded[name] = image
     return decoded, bad
+
+
+def _kept_bytes(data: bytes, image_size) -> int:
+    """Bytes of the RGB array kept for an image (at ``image_size`` when given); 0 when its header is unreadable."""
+    if image_size is not None:
+        return image_size[0] * image_size[1] * 3
+    try:
+        return pixel_bytes(data)
+    except Exception:  # undecodable: decode_image says so
+        return 0
 
 
 def _check_pixels(path, name: str, data: bytes, limit: int) -> None:

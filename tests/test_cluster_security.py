@@ -1,0 +1,116 @@
+"""The local cluster's door (issue 36): the ``LocalCluster`` that ``study`` and ``reproduce`` start speaks
+TLS with temporary credentials on 127.0.0.1, so a process of the machine that does not hold them
+cannot connect, let alone run a task (Dask's scheduler runs whatever a connected client sends it);
+Dask's HTTP pages serve nothing unless ``RSGH_DASHBOARD=1``, and then only on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from rsgh.book import schedule
+
+# A process that tries to run a task which creates ``marker``: without credentials, with a plain TCP
+# connection to the same port, or with credentials of its own (Security.temporary()).
+ATTEMPT = """
+import pathlib, sys
+from distributed import Client, Security
+address, marker, how = sys.argv[1:4]
+kwargs = {"timeout": "10s"}
+if how == "tcp":
+    address = address.replace("tls://", "tcp://")
+elif how == "own-credentials":
+    kwargs["security"] = Security.temporary()
+try:
+    with Client(address, **kwargs) as client:
+        client.submit(pathlib.Path(marker).touch, pure=False).result(timeout=30)
+    print("RAN")
+except Exception as err:
+    print("REFUSED", type(err).__name__)
+"""
+
+
+@pytest.fixture(scope="module")
+def local():
+    """The local cluster of one worker that rsgh starts (closed after: other tests want theirs)."""
+    saved = {k: os.environ.get(k) for k in ("RSGH_WORKERS", "RSGH_SCHEDULER", schedule.TLS_VAR)}
+    os.environ["RSGH_WORKERS"] = "1"
+    os.environ.pop("RSGH_SCHEDULER", None)
+    schedule._close()
+    client = schedule.get_client()
+    yield client
+    schedule._close()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def attempt(address: str, marker: Path, how: str, credentials: bool = False) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASK_", "RSGH_"))}
+    if credentials:
+        env[schedule.TLS_VAR] = os.environ[schedule.TLS_VAR]
+    code = ATTEMPT if not credentials else ATTEMPT.replace(
+        "try:", "from rsgh.book.schedule import shared_security\nkwargs['security'] = shared_security(address)\ntry:")
+    done = subprocess.run([sys.executable, "-c", code, address, str(marker), how], capture_output=True, text=True,
+                          env=env, timeout=120)
+    return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr
+
+
+def test_the_local_cluster_listens_with_tls_on_this_machine_only(local):
+    address = local.scheduler.address
+    assert address.startswith("tls://127.0.0.1:")
+    workers = local.scheduler_info(n_workers=-1)["workers"]
+    assert workers and all(w.startswith("tls://127.0.0.1:") for w in workers)
+    folder = Path(os.environ[schedule.TLS_VAR])
+    assert folder.stat().st_mode & 0o077 == 0  # the shared credentials: this user's alone
+    assert all((folder / f).stat().st_mode & 0o077 == 0 for f in ("ca.pem", "cert.pem", "key.pem"))
+    assert local.submit(sum, [1, 2], pure=False).result() == 3
+
+
+def test_dasks_http_pages_serve_nothing_without_rsgh_dashboard(local):
+    port = local.scheduler_info()["services"].get("dashboard")
+    if port is None:
+        return  # no HTTP server at all
+    for page in ("info/main/workers.html", "health", "metrics", "status", "json/identity.json"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/{page}", timeout=10)
+        assert refused.value.code == 404, page
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["no-credentials", "tcp", "own-credentials"])
+def test_a_process_without_the_credentials_cannot_run_a_task(local, tmp_path, how):
+    marker = tmp_path / "MARKER"
+    result = attempt(local.scheduler.address, marker, how)
+    assert result.startswith("REFUSED"), result
+    assert not marker.exists()
+    assert local.submit(sum, [1, 2], pure=False).result() == 3  # the cluster goes on
+
+
+@pytest.mark.slow
+def test_a_child_holding_the_shared_credentials_can(local, tmp_path):
+    """What reproduce's notebook kernels do (they inherit RSGH_SCHEDULER and RSGH_SCHEDULER_TLS)."""
+    marker = tmp_path / "MARKER"
+    assert attempt(local.scheduler.address, marker, "tls", credentials=True) == "RAN"
+    assert marker.exists()
+
+
+@pytest.mark.slow
+def test_the_dashboard_when_asked_listens_on_this_machine_only(monkeypatch):
+    monkeypatch.setenv(schedule.DASHBOARD_VAR, "1")
+    monkeypatch.setenv("RSGH_WORKERS", "1")
+    cluster, security = schedule.local_cluster()
+    try:
+        assert cluster.dashboard_link.startswith("http://127.0.0.1:")
+        assert cluster.scheduler_address.startswith("tls://127.0.0.1:")
+    finally:
+        cluster.close()
