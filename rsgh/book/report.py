@@ -91,9 +91,15 @@ def compare(published_dir: Path, reproduced_dir: Path, names: Sequence[str]) -> 
     return records
 
 
+def numbers(records: list[dict]) -> list[dict]:
+    """The records judged as numbers: all but the verdicts' signs (``verdictsign_*``), which only the claim
+    rule reads (a one-seed rerun decides no verdict, and that is not a miss)."""
+    return [r for r in records if not r["quantity"].startswith("verdictsign_")]
+
+
 def expected_misses(records: list[dict]) -> tuple[float, int]:
     """(misses expected by chance alone, how many numbers have a published seed spread)."""
-    probs = [r["p_miss"] for r in records if r.get("p_miss")]
+    probs = [r["p_miss"] for r in numbers(records) if r.get("p_miss")]
     return float(sum(probs)), len(probs)
 
 
@@ -101,6 +107,7 @@ def chance_of_misses(records: list[dict]) -> float:
     """P(at least as many misses as observed) if every number came from its published distribution: the
     upper tail of the Poisson-binomial distribution of the per-number miss chances (exact, by convolution).
     A missing number counts as a miss that chance does not explain."""
+    records = numbers(records)
     observed = sum(not r["ok"] for r in records)
     if observed == 0:
         return 1.0
@@ -138,6 +145,7 @@ def claim_changes(records: list[dict]) -> list[dict]:
 
 
 def numbers_line(records: list[dict]) -> str:
+    records = numbers(records)
     good = sum(r["ok"] for r in records)
     expected, count = expected_misses(records)
     return (f"{good} of {len(records)} numbers reproduced within tolerance; {len(records) - good} outside, about "

@@ -184,3 +184,41 @@ def last_reproduction(profile: str, store: Path | None = None) -> dict | None:
 
     path = Path(store or default_store()) / "reproduction" / f"{profile}.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def reproductions(store: Path | None = None):
+    """The last reproduction at each level (``reproduction/<profile>.json``), one row each."""
+    import json
+
+    rows = []
+    for path in sorted((Path(store or default_store()) / "reproduction").glob("*.json")):
+        doc = json.loads(path.read_text())
+        rows.append({"level": doc["profile"], "date": doc["date"][:10], "commit": str(doc["commit"])[:10],
+                     "CPU": f"{doc['cpu']}, {doc['cores']} cores", "minutes": doc["minutes"], "verdict": doc["line"],
+                     "outside": doc["outside"]})
+    return pd.DataFrame(rows)
+
+
+def run_commits(store: Path | None = None) -> dict[str, int]:
+    """{commit: how many stored runs were trained at it} ("-dirty": with uncommitted changes to the package)."""
+    import json
+
+    counts: dict[str, int] = {}
+    for summary in (Path(store or default_store()) / "runs").glob("*/*/summary.json"):
+        commit = str(json.loads(summary.read_text()).get("git_commit", "unknown"))
+        counts[commit] = counts.get(commit, 0) + 1
+    return counts
+
+
+def changed_since(commit: str, paths=("rsgh", "notebooks")) -> list[str] | None:
+    """The files under ``paths`` that differ between ``commit`` and the checkout's HEAD (None when git or the
+    commit is not at hand): what changed in the code since the stored runs were made."""
+    import subprocess
+
+    base = commit.removesuffix("-dirty")
+    try:
+        done = subprocess.run(["git", "diff", "--name-only", base, "HEAD", "--", *paths], cwd=ROOT.parent,
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.split() if done.returncode == 0 else None
