@@ -246,11 +246,22 @@ class _ZipReader(Reader):
         for name in wanted:
             try:
                 info = self.zf.getinfo(name)
+                self._check_readable(info)
                 with self.zf.open(info) as fh:
                     data = _bounded_read(fh, self.path, name, info.file_size, limit)
             except _ARCHIVE_ERRORS as err:
                 raise _corrupt(self.path, err) from None
             yield name, data
+
+    def _check_readable(self, info: zipfile.ZipInfo) -> None:
+        """A clear error for a member that zipfile cannot read: encrypted, or of another compression."""
+        if info.flag_bits & 0x1:
+            raise ValueError(f"{self.path}: member {info.filename} is encrypted (password-protected); rsgh reads no "
+                             "encrypted archives: give an unencrypted copy")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
+            method = zipfile.compressor_names.get(info.compress_type, f"method {info.compress_type}")
+            raise ValueError(f"{self.path}: member {info.filename} is compressed with {method}, which Python's zipfile "
+                             "does not read; repack the archive with deflate (zip -r) or as a .tar.gz")
 
     def close(self):
         self.zf.close()

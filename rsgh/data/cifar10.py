@@ -108,7 +108,7 @@ def _load_cifar10_archive(path: Path, kind: str, verify: bool, use_cache: bool,
                 f"{path}: md5 is {md5}, expected {expected} ({what}); the file is truncated, corrupt or "
                 "another archive: delete it and "
                 + (f"download it again from {CIFAR10_URL}" if kind == "official" else "copy it again")
-                + " (or pass verify=False for a custom archive)")
+                + " (a custom archive in its layout is read from Python: load_cifar10(..., verify=False))")
         warnings.warn(f"{path} is not {what} (md5 {md5}, expected {expected})", ImageDatasetWarning,
                       stacklevel=3)
     notes = (([] if kind == "official" else ["JPEG copy"])
