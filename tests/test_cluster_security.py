@@ -114,3 +114,48 @@ def test_the_dashboard_when_asked_listens_on_this_machine_only(monkeypatch):
         assert cluster.scheduler_address.startswith("tls://127.0.0.1:")
     finally:
         cluster.close()
+
+
+@pytest.mark.slow
+def test_the_readmes_tls_setup_for_a_cluster_of_ones_own(tmp_path):
+    """``dask scheduler --protocol tls`` and ``dask worker`` with certificate files, and rsgh's client
+    with the certificate in Dask's configuration (the README's commands); without it, refused."""
+    import re
+    import time
+
+    from distributed import Security
+
+    creds = Security.temporary()  # in the README: a CA of one's own and a certificate per role
+    for name, text in (("ca.pem", creds.tls_ca_file), ("cert.pem", creds.tls_client_cert),
+                       ("key.pem", creds.tls_client_key)):
+        (tmp_path / name).write_text(text)
+    tls = ["--tls-ca-file", tmp_path / "ca.pem", "--tls-cert", tmp_path / "cert.pem", "--tls-key", tmp_path / "key.pem"]
+    dask = Path(sys.executable).parent / "dask"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASK_", "RSGH_"))}
+    log = open(tmp_path / "scheduler.log", "w")
+    procs = [subprocess.Popen([dask, "scheduler", "--protocol", "tls", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", *tls], stdout=log, stderr=log, env=env)]
+    try:
+        deadline, address = time.monotonic() + 120, None
+        while address is None and time.monotonic() < deadline:
+            found = re.search(r"Scheduler at:\s+(tls://[\d.]+:\d+)", (tmp_path / "scheduler.log").read_text())
+            address = found and found.group(1)
+            time.sleep(0.2)
+        assert address, (tmp_path / "scheduler.log").read_text()
+        procs.append(subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--no-dashboard", *tls],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
+        configured = dict(env, DASK_DISTRIBUTED__COMM__TLS__CA_FILE=str(tmp_path / "ca.pem"),
+                          DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT=str(tmp_path / "cert.pem"),
+                          DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY=str(tmp_path / "key.pem"))
+        code = ("import sys; from rsgh.book.schedule import get_client; c = get_client(sys.argv[1]); "
+                "c.wait_for_workers(1, timeout=60); print(c.submit(sum, [1, 2], pure=False).result())")
+        done = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, env=configured,
+                              timeout=180)
+        assert done.stdout.strip() == "3", done.stderr[-2000:]
+        marker = tmp_path / "MARKER"
+        assert attempt(address, marker, "no-credentials").startswith("REFUSED") and not marker.exists()
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            p.wait(timeout=60)
+        log.close()

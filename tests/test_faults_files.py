@@ -246,3 +246,20 @@ def test_a_corrupt_cifar_archive_gives_advice_that_can_be_followed(tmp_path, cap
     assert code == 2
     line = one_line(err, "cifar-10-python.tar.gz", "md5 is")
     assert "pass verify=False" not in line and "from Python" in line
+
+
+def test_the_readmes_promises_name_tests_that_exist():
+    """Each promise of the README's Trust paragraph names its tests: they must exist (and keep it)."""
+    import re
+
+    root = Path(__file__).resolve().parent
+    text = (root.parent / "README.md").read_text()
+    trust = text[text.index("**Trust.**"):text.index("**Your own images.**")]
+    for promise in ("Files from someone else cannot run code", "Archives cannot exhaust memory",
+                    "An existing run is never overwritten", "Resume checks data checksums"):
+        assert promise in trust, promise
+    named = re.findall(r"`(test_\w+\.py)(?:::(test_\w+))?`", trust)
+    assert len(named) >= 8
+    for file, test in named:
+        assert (root / file).is_file(), file
+        assert test == "" or f"def {test}(" in (root / file).read_text(), f"{file}::{test}"
