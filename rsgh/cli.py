@@ -16,6 +16,7 @@ bug in rsgh: one line too (exit status 3), and its traceback with ``RSGH_DEBUG=1
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -359,6 +360,16 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     finally:
         warnings.formatwarning = formatwarning
+        _close_local_cluster()
+
+
+def _close_local_cluster() -> None:
+    """Close the local Dask cluster a command started, before the interpreter's shutdown (closed from
+    atexit, after an interrupt, its scheduler logged errors after the command's one line)."""
+    schedule = sys.modules.get("rsgh.book.schedule")
+    if schedule is not None:
+        with contextlib.suppress(Exception):
+            schedule._close()
 
 
 if __name__ == "__main__":

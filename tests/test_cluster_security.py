@@ -159,3 +159,44 @@ def test_the_readmes_tls_setup_for_a_cluster_of_ones_own(tmp_path):
             p.terminate()
             p.wait(timeout=60)
         log.close()
+
+
+# A command that waits on a task of the local cluster (as study and reproduce do), then is interrupted.
+WAITING = """
+import sys, time
+import rsgh.cli as cli
+
+def waiting(args):
+    from rsgh.book.schedule import get_client
+    future = get_client().submit(time.sleep, 120, pure=False)
+    print("waiting", flush=True)
+    future.result()
+    return 0
+
+cli.cmd_summarize = waiting
+if __name__ == "__main__":
+    sys.exit(cli.main(["summarize", "x"]))
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_task_is_one_line(tmp_path):
+    """Ctrl-C reaches every process of the terminal's group: the workers ignore it, this process closes the
+    cluster, and stderr holds the one line (before: the workers' tracebacks and the resource tracker's warnings)."""
+    import signal
+
+    script = tmp_path / "waiting.py"
+    script.write_text(WAITING)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASK_", "RSGH_"))}
+    env["RSGH_WORKERS"] = "2"
+    proc = subprocess.Popen([sys.executable, script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "waiting"
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130
+    assert err.strip() == "interrupted: rerun the same command (train: with --resume) to continue", err

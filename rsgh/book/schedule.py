@@ -18,6 +18,7 @@ so that a GPU worker runs one at a time.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import statistics
@@ -77,13 +78,33 @@ def local_cluster():
     security = Security.temporary()
     dashboard = os.environ.get(DASHBOARD_VAR, "").strip().lower() in ("1", "true", "yes")
     closed = {} if dashboard else {"distributed.scheduler.http.routes": [], "distributed.worker.http.routes": []}
-    with dask.config.set({**quiet_settings(), **closed}):  # read as the cluster starts; the nannies pass them on
+    http = {} if dashboard else {"scheduler_kwargs": {"dashboard_address": "127.0.0.1:0"}}  # any free port, no pages
+    with dask.config.set({**quiet_settings(), **closed}), _workers_ignore_ctrl_c():  # the nannies pass these on
         cluster = LocalCluster(n_workers=workers_wanted(), threads_per_worker=1, processes=True, protocol="tls",
                                host="127.0.0.1", security=security, silence_logs=logging.ERROR,
-                               dashboard_address="127.0.0.1:0" if dashboard else None)
+                               dashboard_address="127.0.0.1:0" if dashboard else None, **http)
     if dashboard:
         print(f"Dask dashboard (this machine only): {cluster.dashboard_link}", flush=True)
     return cluster, security
+
+
+@contextlib.contextmanager
+def _workers_ignore_ctrl_c():
+    """Start the worker processes with SIGINT ignored (a disposition they inherit): Ctrl-C in a terminal
+    reaches every process of its group, and the workers, interrupted mid-task, printed their tracebacks and
+    the resource tracker's warnings after the command's one line. This process alone is interrupted,
+    and it closes the cluster."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def share_credentials(security) -> Path:
