@@ -92,6 +92,7 @@ def check_manifest(manifest, file: Path) -> None:
     bits = _field(manifest, "bits", int, file, 1, 4096)
     _field(manifest, "code_size", int, file, -(-bits // 8), -(-bits // 8))
     count = _field(manifest, "count", int, file, 0, 2**40)
+    _field(manifest, "labelled", int, file, 0, count)
     shards = _field(manifest, "shards", list, file)
     total = 0
     for i, shard in enumerate(shards):
