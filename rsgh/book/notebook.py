@@ -75,8 +75,16 @@ def _name_part(value) -> str:
 
 
 def missing_data_note(err: Exception, page: str) -> str:
-    """What a page says when its data is not on the machine that executed it."""
-    text = str(err).replace("*", r"\*")
+    """What a page says when its data is not on the machine that executed it (the machine's own folders
+    said as the settings that name them)."""
+    from ..paths import cache_dir, data_root
+    from .store import default_store
+
+    text = str(err)
+    for folder, name in ((default_store(), "the results store"), (cache_dir(), "$RSGH_CACHE"),
+                         (data_root(), "$RSGH_DATA")):
+        text = text.replace(str(folder), name)
+    text = text.replace("*", r"\*")
     return (f"**The data of this page is not available on the machine that executed it, so there are no results "
             f"here.** {text}\n\nTo produce them: put the data in the data root and run "
             f"`python -m rsgh reproduce --only {page}`.")
