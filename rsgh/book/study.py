@@ -178,19 +178,27 @@ def _report_hook(folder: str, study_name: str, trial_id: int):
 def run_trial(cfg: Config, out: str, data_root, folder: str, study_name: str, trial_id: int,
               runtime: Runtime | None = None) -> dict:
     """A Dask task: train one trial's model (resuming its run folder), reporting to the study.
-    Returns its state, best validation mAP, its epoch, the epochs trained and the wall time."""
+    Returns its state, best validation mAP, its epoch, the epochs trained and the wall time, and
+    ``times``: when it started and ended (``time.time()``), the seconds before its training loop
+    began, and the seconds of each phase of its work (``rsgh.train.step.PHASES``; ``storage_open`` and
+    ``storage_reports``: Optuna's journal, read and written for the trial's reports), for
+    ``benchmarks/study_speed.py``."""
     import optuna
 
     from ..errors import DivergedError
     from ..train.rundir import RunDir
+    from ..train.step import PHASES
     from ..train.task import run_group
     from .schedule import tune_worker_process
 
+    started, t0, state = time.time(), time.perf_counter(), "complete"
+    PHASES.take()  # this trial's phases only
     tune_worker_process(1)
-    t0, state = time.perf_counter(), "complete"
+    with PHASES.timed("storage_open"):
+        hook = _report_hook(folder, study_name, trial_id)
     try:
         run_group([cfg], [out], data_root, runtime or Runtime(progress=False, compile_step=True), resume=True,
-                  hooks=(_report_hook(folder, study_name, trial_id),))
+                  hooks=(hook,))
     except optuna.TrialPruned:
         state = "pruned"
     except DivergedError:  # a step size too large for the problem: the trial ends as pruned, at its last value
@@ -198,8 +206,13 @@ def run_trial(cfg: Config, out: str, data_root, folder: str, study_name: str, tr
     metrics = RunDir(out).read_metrics()
     valid = metrics[(metrics["iteration"] > 0) & metrics["val_map"].notna()]
     best = valid.loc[valid["val_map"].idxmax()] if len(valid) else {"val_map": float("nan"), "epoch": 0.0}
+    seconds = time.perf_counter() - t0
+    phases, training_started = PHASES.take()
+    phases["storage_reports"] = phases.pop("hooks", 0.0)
+    times = {"started": started, "ended": time.time(), "seconds": seconds,
+             "before_training": None if training_started is None else training_started - t0, **phases}
     return {"state": state, "value": float(best["val_map"]), "best_epoch": float(best["epoch"]),
-            "epochs": float(metrics["epoch"].max()), "seconds": time.perf_counter() - t0}
+            "epochs": float(metrics["epoch"].max()), "seconds": seconds, "times": times}
 
 
 def counts(study) -> dict:
@@ -226,10 +239,16 @@ def _requeue_interrupted(study) -> None:
 
 def run_study(arm: str, dataset: str, bits: int, trials: int, max_epochs: int, folder: str | Path,
               scratch: str | Path | None = None, data_root=None, scheduler: str | None = None,
-              progress: bool = True, runtime: Runtime | None = None) -> dict:
+              progress: bool = True, runtime: Runtime | None = None, timings: dict | None = None,
+              trial_task=None) -> dict:
     """Run the study until it has ``trials`` finished (complete or pruned) trials; write and return
     ``best.json``. ``folder`` holds the journal and best.json; the trials' run folders go to
-    ``scratch/<study name>/trials`` (default: ``studies/``)."""
+    ``scratch/<study name>/trials`` (default: ``studies/``).
+
+    For the benchmarks: ``timings`` (a dict) receives ``trials``, one record per trial finished here
+    (its number, its result from :func:`run_trial`, when it was submitted and when its result came
+    back, ``time.time()``), and the seconds this process spent in Optuna's storage (``storage_s``) and
+    submitting (``submit_s``); ``trial_task`` replaces :func:`run_trial` as the task (same arguments)."""
     from distributed import as_completed
     from optuna.trial import TrialState
 
@@ -237,28 +256,38 @@ def run_study(arm: str, dataset: str, bits: int, trials: int, max_epochs: int, f
     from .schedule import get_client, n_workers
 
     folder = Path(folder)
+    timings = {} if timings is None else timings
+    timings.update(trials=[], storage_s=0.0, submit_s=0.0)
+    clock = time.perf_counter()
     study = open_study(arm, dataset, bits, folder)
     trials_dir = Path(scratch or "studies") / study.study_name / "trials"
     study.set_user_attr("ranges", {k: list(v) for k, v in RANGES.items()})
     study.set_user_attr("max_epochs", max_epochs)
     study.set_user_attr("patience", PATIENCE)
     _requeue_interrupted(study)
+    timings["storage_s"] += time.perf_counter() - clock
     client = get_client(scheduler)
     # the features computed (GIST) and cached once, here, not by every worker at once
+    clock = time.perf_counter()
     task_data(make_config(None, dict(DATASETS[dataset], task="retrieval", method="sgh", bits=bits)), data_root,
               progress=progress)
+    timings["data_s"] = time.perf_counter() - clock
     t0, wall_before = time.time(), float(study.user_attrs.get("wall_seconds", 0.0))
     running: dict = {}
 
     def submit():
+        clock = time.perf_counter()
         trial = study.ask()
         cfg = trial_config(suggest(trial, arm), arm, dataset, bits, max_epochs)
         run_out = str(trials_dir / cfg.run_name())
         trial.set_user_attr("run", cfg.run_name())
+        submitted = time.perf_counter()
+        timings["storage_s"] += submitted - clock
         # the worker reports to this trial through the journal: it needs the trial's storage id
-        future = client.submit(run_trial, cfg, run_out, data_root, str(folder), study.study_name, trial._trial_id,
-                               runtime, pure=False)
-        running[future] = trial
+        future = client.submit(trial_task or run_trial, cfg, run_out, data_root, str(folder), study.study_name,
+                               trial._trial_id, runtime, pure=False)
+        timings["submit_s"] += time.perf_counter() - submitted
+        running[future] = (trial, time.time())
 
     def finished():
         c = counts(study)
@@ -268,21 +297,28 @@ def run_study(arm: str, dataset: str, bits: int, trials: int, max_epochs: int, f
         submit()
     pending = as_completed(list(running))
     for future in pending:
-        trial = running.pop(future)
+        trial, submitted = running.pop(future)
         result = future.result()  # a real error (a bad configuration) stops the study with its message
+        received, clock = time.time(), time.perf_counter()
         for key in ("best_epoch", "epochs", "seconds", "state"):
             trial.set_user_attr(key, result[key])
         state = TrialState.COMPLETE if result["state"] == "complete" else TrialState.PRUNED
         study.tell(trial, None if state == TrialState.PRUNED else result["value"], state=state)
         study.set_user_attr("wall_seconds", wall_before + time.time() - t0)
+        done = finished()
+        timings["storage_s"] += time.perf_counter() - clock
+        timings["trials"].append({"number": trial.number, "submitted": submitted, "received": received, **result})
         if progress:
             print(f"{study.study_name}: trial {trial.number} {result['state']} val mAP {result['value']:.4f} "
                   f"epoch {result['best_epoch']:g} of {result['epochs']:g} ({result['seconds']:.0f} s); "
-                  f"{finished()} of {trials}", flush=True)
-        if finished() + len(running) < trials:
+                  f"{done} of {trials}", flush=True)
+        if done + len(running) < trials:
             submit()
             pending.add(next(reversed(running)))
-    return write_best(study, folder)
+    clock = time.perf_counter()
+    best = write_best(study, folder)
+    timings["storage_s"] += time.perf_counter() - clock
+    return best
 
 
 def write_best(study, folder: Path) -> dict:

@@ -32,7 +32,7 @@ from ..method.measures import evaluate
 from ..method.model import HashModel
 from ..method.objective import PARTS, GroupSpec, check_group
 from .rundir import DamagedRunError, RunDir, check_state, finished_runs, git_commit, versions
-from .step import make_step, pick_device
+from .step import PHASES, make_step, pick_device
 
 
 def build_model(configs: Sequence[Config], train_x: torch.Tensor) -> HashModel:
@@ -219,8 +219,20 @@ class _Training:
 
     def record(self, sums: torch.Tensor | None, count: int) -> None:
         """Evaluate every running model, log, keep the best, checkpoint, stop the patient ones, run hooks."""
-        results = evaluate(self.model, self.eval_x, [c.prior for c in self.spec.configs])
-        extra = self.extra_eval(self.model) if self.extra_eval else [{} for _ in self.members]
+        with PHASES.timed("eval_measures"):
+            results = evaluate(self.model, self.eval_x, [c.prior for c in self.spec.configs])
+        with PHASES.timed("eval_map"):
+            extra = self.extra_eval(self.model) if self.extra_eval else [{} for _ in self.members]
+        with PHASES.timed("eval_files"):
+            done = self._log(results, extra, sums, count)
+        with PHASES.timed("hooks"):
+            for hook in self.hooks:
+                for g, row in done:
+                    hook(g, row)
+
+    def _log(self, results, extra, sums: torch.Tensor | None, count: int) -> list[tuple[int, dict]]:
+        """The rows of this evaluation logged, the best kept, checkpoints written, the patient models
+        finished; returns (model, row) of each model that was running."""
         it = self.shared["iteration"]
         means = (sums / count).tolist() if count else [[float("nan")] * len(PARTS)] * len(self.members)
         if count:
@@ -244,9 +256,7 @@ class _Training:
         for g, m in enumerate(self.members):
             if not m.stopped and m.cfg.patience and m.best["evals_since_best"] >= m.cfg.patience:
                 self.finish(g)
-        for hook in self.hooks:
-            for g, row in done:
-                hook(g, row)
+        return done
 
     def _check_finite(self, means: list, it: int) -> None:
         """Stop when a running model's training losses became NaN or infinite, before anything of this
@@ -303,8 +313,11 @@ class _Training:
         return [(x[i * B:(i + 1) * B], xi[i]) for i in reversed(range(n))]
 
     def run(self, resume: bool) -> None:
+        if PHASES.training_started is None:
+            PHASES.training_started = time.perf_counter()
         if resume:
-            self.restore()
+            with PHASES.timed("restore"):
+                self.restore()
         if self.shared["iteration"] == 0 and not self.members[0].rows:
             self.record(None, 0)
         G = len(self.members)
@@ -328,6 +341,7 @@ class _Training:
                 if self.shared["iteration"] % self.eval_every == 0 or self.shared["iteration"] == self.total:
                     torch.set_flush_denormal(False)
                     self.shared["elapsed"] += time.perf_counter() - t0
+                    PHASES.add("steps", time.perf_counter() - t0)  # with the compiled step's first calls
                     self.record(sums, count)
                     sums.zero_()
                     count, t0 = 0, time.perf_counter()
@@ -336,9 +350,10 @@ class _Training:
         bar.close()
         running = [g for g, m in enumerate(self.members) if not m.stopped]
         if running:
-            train_evals = self.train_evaluation()  # once for the group, not once per model
-            for g in running:
-                self.finish(g, train_evals[g][0])
+            with PHASES.timed("finish"):
+                train_evals = self.train_evaluation()  # once for the group, not once per model
+                for g in running:
+                    self.finish(g, train_evals[g][0])
 
     def train_evaluation(self) -> list[tuple[dict, dict]]:
         return evaluate(self.model, self.train_x, [c.prior for c in self.spec.configs])

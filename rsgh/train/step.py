@@ -6,14 +6,49 @@ step as one ``torch.compile`` graph, on CUDA the forward and backward pass with 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import time
 from typing import Callable
 
 import torch
 
 from ..method.model import HashModel
 from ..method.objective import GroupSpec, adversary_step, compute_loss
+
+
+class Phases:
+    """Seconds this process spent in each phase of its trainings, by name, for the benchmarks
+    (``benchmarks/study_speed.py`` reads a study trial's through ``rsgh.book.study.run_trial``): the
+    compiled step's first calls (``compile``), the evaluations' parts, the data, the files. A few clock
+    reads per evaluation, none in the steps after their first calls. ``training_started``: when the
+    first training loop of this process since the last :meth:`take` began (``time.perf_counter``)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.training_started: float | None = None
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    @contextlib.contextmanager
+    def timed(self, name: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - t)
+
+    def take(self) -> tuple[dict[str, float], float | None]:
+        """(seconds by phase, training_started) since the last call; both start afresh."""
+        out = (dict(self.seconds), self.training_started)
+        self.seconds.clear()
+        self.training_started = None
+        return out
+
+
+PHASES = Phases()
 
 
 def pick_device(name: str) -> torch.device:
@@ -56,11 +91,18 @@ def make_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec, lam: tor
     if compiled:
         forward_backward = torch.compile(forward_backward, mode="reduce-overhead")
 
+    calls = 0
+
     def step(x, xi):
+        nonlocal calls
+        calls += 1
+        t = time.perf_counter() if compiled and calls <= 3 else None  # CUDA graphs: compiled, then recorded
         opt.zero_grad(set_to_none=True)
         parts, redundancy = forward_backward(x, xi)
         opt.step()
         adversary_step(lam, redundancy, spec)
+        if t is not None:
+            PHASES.add("compile", time.perf_counter() - t)
         return parts
 
     return step
@@ -129,6 +171,7 @@ def _compiled_cpu_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec,
         args = (weights, exp_avg, exp_avg_sq, x, xi, step_size, inv_bias_correction2_sqrt)
         _LAST_CALL.clear()
         if calls <= 2:  # compiles (with every guard checked) on the first calls of this group
+            t = time.perf_counter()
             try:
                 out = compiled(*args)
             except torch._dynamo.exc.FailOnRecompileLimitHit:
@@ -136,6 +179,7 @@ def _compiled_cpu_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec,
                 # another: many groups of different shapes in one process start its cache afresh
                 torch.compiler.reset()
                 out = compiled(*args)
+            PHASES.add("compile", time.perf_counter() - t)
         else:  # then dynamo's guards, which only re-check that the same tensors come in, are skipped
             with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
                 out = compiled(*args)

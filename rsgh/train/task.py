@@ -18,7 +18,7 @@ from ..data.task import TaskData, data_key, load_task_data
 from ..eval.retrieval import map_evaluator, model_codes, retrieval_report
 from .loop import train_group
 from .rundir import BEST, RunDir, finished_runs
-from .step import pick_device
+from .step import PHASES, pick_device
 
 _LOADED: dict[tuple, TaskData] = {}  # in this process: the data of the tasks run so far (a worker reuses it)
 
@@ -35,21 +35,25 @@ def task_data(cfg: Config, data_root=None, progress: bool = True) -> TaskData:
 
 def run_group(configs: Sequence[Config], outs: Sequence[str | Path], data_root=None,
               runtime: Runtime = Runtime(progress=False),
-              resume: bool = False, prepared: TaskData | None = None, hooks=()) -> list[dict]:
-    """Train ``configs`` together (one model per run folder in ``outs``); returns their summaries."""
+              resume: bool = False, prepared: TaskData | None = None, hooks=(), test_reports: bool = True) -> list[dict]:
+    """Train ``configs`` together (one model per run folder in ``outs``); returns their summaries.
+    ``test_reports=False``: no test-query results (``retrieval.json``), for a study's trials, which look
+    at the validation queries only."""
     configs = [c.validate() for c in configs]
     runtime = runtime.validate()
-    also = ("retrieval.json",) if configs[0].task == "retrieval" else ()
+    also = ("retrieval.json",) if configs[0].task == "retrieval" and test_reports else ()
     if resume and (done := finished_runs(configs, outs, also)) is not None:
         return done
     if any(data_key(c) != data_key(configs[0]) for c in configs[1:]):
         raise ValueError("models of one group must use the same data, features and split")
-    data = prepared or task_data(configs[0], data_root, runtime.progress)
-    extra = map_evaluator(data.retrieval, pick_device(runtime.device)) if data.retrieval is not None else None
+    with PHASES.timed("data"):
+        data = prepared or task_data(configs[0], data_root, runtime.progress)
+        extra = map_evaluator(data.retrieval, pick_device(runtime.device)) if data.retrieval is not None else None
     summaries = train_group(configs, data, outs, runtime, resume=resume, hooks=hooks, extra_eval=extra)
-    if data.retrieval is not None:
-        for out in outs:
-            write_retrieval_results(RunDir(out), data)
+    if data.retrieval is not None and test_reports:
+        with PHASES.timed("test_reports"):
+            for out in outs:
+                write_retrieval_results(RunDir(out), data)
     return summaries
 
 

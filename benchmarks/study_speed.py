@@ -1,0 +1,258 @@
+"""Where a hyperparameter study's time goes, and how far the study is from the floor of its own work.
+
+A fixed small study (``rsgh.book.study.run_study``, as ``python -m rsgh study`` runs it: trials as Dask
+tasks on a local cluster of ``--workers`` single-threaded processes, Optuna's journal as storage,
+compiled steps, a validation mAP every epoch, the median pruner), in a fresh temporary folder (never
+the real studies): ``--trials`` trials of ``--arm`` on ``--dataset`` at ``--bits`` bits, at most
+``--max-epochs`` epochs each, the sampler's seed fixed (``--seed``: the first ten trials, drawn at
+random by TPE, are the same in every run; the later ones depend on the values of the first).
+
+It prints the time in each part, in worker-seconds (a worker busy for a second is one) and as a share
+of the workers' time (wall time times workers): the training steps, the compiled step's first calls
+(compilation), the evaluations (collapse measures; hashing and the exact validation mAP; their
+files: logs, checkpoints, best.pt), the end of a trial (measures on the training set, the final model,
+test-query reports), the data and features, Optuna's storage (in the workers, and in the client that
+asks and tells), the trial's start-up before its first step, Dask's dispatch (submitted to started,
+ended to received) and the workers' idle time (waiting on the client, the last trial's tail).
+
+The floor is measured in the same run, by the workers themselves, at the start and end of each
+trial (so that it shares the trial's moment on a machine whose speed drifts, and other jobs' load):
+the trial's step as its matrix products alone (``stages.products``: forward, the weights' gradient, the
+gradient into every layer but the first) plus one fused Adam pass over its parameters
+(``stages.adam_pass``), times the steps it took, plus the products of its evaluations (the encoder
+over the database and the validation queries for the hashing, encoder and decoder over the
+validation queries for the collapse measures), times the evaluations it made. The study's floor is
+the sum over its trials divided by the workers; the sampling time is taken off the wall time.
+
+    python benchmarks/study_speed.py [--arm rsgh] [--dataset mnist] [--bits 64] [--trials 12]
+        [--max-epochs 4] [--workers 2] [--seed 0] [--label TEXT]
+
+Needs the data root (``RSGH_DATA`` or ``--data-root``). Ends with ``study_vs_floor=<ratio>`` and
+appends a record to ``results/benchmarks/study_speed.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROWS = 1024  # rows of a unit of the evaluations' products
+
+
+def model_layers(cfg, input_dim: int) -> tuple[list, list, int]:
+    """(encoder layers, decoder layers) as (in, out) pairs, and the parameters, of ``cfg``'s model."""
+    from rsgh.method.model import HashModel
+
+    ones = torch.ones(input_dim)
+    model = HashModel(input_dim, cfg.bits, cfg.hidden_layers, cfg.arch, [0], ones * 0.5, ones, cfg.hidden_width)
+    params = sum(p.numel() for p in model.parameters())
+    if cfg.arch == "reference":
+        return [(input_dim, cfg.bits)], [(cfg.bits, input_dim)], params
+    return model.layer_sizes["enc"], model.layer_sizes["dec"], params
+
+
+def floor_calls(cfg, input_dim: int) -> dict:
+    """The floor's functions for ``cfg``'s trial: a step's products, Adam's pass, and the products of
+    ``ROWS`` rows through the encoder and through the decoder (the evaluations)."""
+    from stages import products  # benchmarks/ is on sys.path (the workers inherit it)
+
+    enc, dec, params = model_layers(cfg, input_dim)
+    step, _ = products(enc + dec, 1, cfg.batch_size)
+    w, g, m, v = (torch.rand(params) for _ in range(4))
+    count = torch.tensor(1.0)
+
+    def adam():
+        torch._fused_adam_([w], [g], [m], [v], [], [count], amsgrad=False, lr=1e-3, beta1=0.9, beta2=0.999,
+                           weight_decay=0.0, eps=1e-8, maximize=False)
+
+    def forward(layers):
+        xs = [torch.rand(ROWS, a) for a, _ in layers]
+        ws = [torch.rand(a, b) for a, b in layers]
+
+        def call():
+            for x, wt in zip(xs, ws):
+                torch.mm(x, wt)
+        return call
+
+    return {"products": step, "adam": adam, "encoder": forward(enc), "decoder": forward(dec)}
+
+
+def sample_floor(cfg, data_root) -> dict | None:
+    """Seconds of one call of each of :func:`floor_calls`, timed in turns here and now; None before this
+    worker has the trial's data (loading it is the trial's work, not the sample's)."""
+    from rsgh.data.task import data_key
+    from rsgh.train.step import timed_rates
+    from rsgh.train.task import _LOADED
+
+    data = _LOADED.get((data_key(cfg), str(data_root)))
+    if data is None:
+        return None
+    rates = timed_rates(floor_calls(cfg, data.train_x.shape[1]), 0.03, warmup=3)[0]
+    return {k: 1 / r for k, r in rates.items()}
+
+
+def floored_trial(cfg, out, data_root, folder, study_name, trial_id, runtime):
+    """``rsgh.book.study.run_trial`` with the floor sampled before and after it, in its worker."""
+    from rsgh.book.study import run_trial
+    from rsgh.train.rundir import RunDir
+
+    torch.set_num_threads(1)
+    t = time.perf_counter()
+    before = sample_floor(cfg, data_root)
+    sampled = time.perf_counter() - t
+    result = run_trial(cfg, out, data_root, folder, study_name, trial_id, runtime)
+    t = time.perf_counter()
+    after = sample_floor(cfg, data_root)
+    sampled += time.perf_counter() - t
+    metrics = RunDir(out).read_metrics()
+    per_call = {k: (before[k] + after[k]) / 2 for k in after} if before else after
+    from rsgh.train.task import task_data
+
+    r = task_data(cfg, data_root, progress=False).retrieval
+    n_db, n_val = len(r.split.database), len(r.indices(r.selection_part))
+    steps, evals = int(metrics["iteration"].max()), len(metrics)
+    eval_s = ((n_db + 2 * n_val) * per_call["encoder"] + n_val * per_call["decoder"]) / ROWS
+    result["floor"] = {"steps": steps, "evaluations": evals, "products_s": steps * per_call["products"],
+                       "adam_s": steps * per_call["adam"], "eval_products_s": evals * eval_s,
+                       "sample_s": sampled, "drift": after["products"] / before["products"] if before else 1.0}
+    result["times"]["ended"] = time.time()
+    return result
+
+
+PARTS = [  # (name, what it is)
+    ("steps", "training steps (their compiled first calls apart)"),
+    ("compile", "the compiled step's first calls (dynamo, AOTAutograd, inductor)"),
+    ("eval_map", "evaluations: hashing and the exact validation mAP"),
+    ("eval_measures", "evaluations: collapse measures"),
+    ("eval_files", "evaluations: logs, checkpoints, best.pt"),
+    ("finish", "end of a trial: measures on the training set, final model, summary"),
+    ("test_reports", "end of a trial: test-query reports"),
+    ("data", "data and features (in the workers)"),
+    ("storage", "Optuna's storage (workers and client)"),
+    ("startup", "trial start-up before its training loop (data and storage apart)"),
+    ("other", "the rest of a trial (its run folder read back, imports)"),
+    ("sampling", "the floor's samples (this benchmark's own, taken off the wall time)"),
+    ("dispatch", "Dask: submitted to started, ended to received"),
+    ("idle", "workers idle otherwise (the client between trials, the last trials' tail)"),
+]
+
+
+def breakdown(timings: dict, wall: float, workers: int) -> dict:
+    """Worker-seconds of each of PARTS over the study."""
+    parts = dict.fromkeys([name for name, _ in PARTS], 0.0)
+    for tr in timings["trials"]:
+        t = tr["times"]
+        parts["steps"] += t.get("steps", 0.0) - t.get("compile", 0.0)
+        for k in ("compile", "eval_map", "eval_measures", "eval_files", "finish", "test_reports", "data"):
+            parts[k] += t.get(k, 0.0)
+        storage = t.get("storage_open", 0.0) + t.get("storage_reports", 0.0)
+        parts["storage"] += storage
+        before = t.get("before_training") or 0.0
+        parts["startup"] += max(0.0, before - t.get("data", 0.0) - t.get("storage_open", 0.0)) + t.get("restore", 0.0)
+        parts["other"] += t["seconds"] - before - sum(t.get(k, 0.0) for k in (
+            "steps", "eval_map", "eval_measures", "eval_files", "finish", "test_reports", "storage_reports",
+            "restore"))
+        parts["sampling"] += tr["floor"]["sample_s"]
+        parts["dispatch"] += max(0.0, t["started"] - tr["submitted"]) + max(0.0, tr["received"] - t["ended"])
+    parts["storage"] += timings["storage_s"]
+    busy = sum(tr["received"] - tr["submitted"] for tr in timings["trials"])
+    parts["idle"] = max(0.0, wall * workers - busy)
+    return parts
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arm", default="rsgh", choices=["sgh", "sgh-arch", "rsgh"])
+    p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "cifar10"])
+    p.add_argument("--bits", type=int, default=64)
+    p.add_argument("--trials", type=int, default=12)
+    p.add_argument("--max-epochs", type=int, default=4)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0, help="the sampler's seed (the study's is 0)")
+    p.add_argument("--data-root", default=os.environ.get("RSGH_DATA"))
+    p.add_argument("--folder", help="the study's temporary folder (default: a new one, removed at the end)")
+    p.add_argument("--label", default="", help="what this run measures (recorded)")
+    p.add_argument("--no-record", action="store_true", help="print only (a trial run of the benchmark)")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    os.environ.pop("RSGH_SCHEDULER", None)  # a cluster of its own, never a running one
+    os.environ["RSGH_WORKERS"] = str(args.workers)
+    folder = Path(args.folder or tempfile.mkdtemp(prefix="rsgh-study-speed-"))
+    from rsgh.book import schedule, study
+
+    t = time.time()
+    client = schedule.get_client()
+    cluster_s = time.time() - t
+    import rsgh.book.study as st
+
+    original_open = st.open_study
+
+    def seeded(*a, **kw):  # the benchmark's sampler seed
+        kw["seed"] = args.seed
+        return original_open(*a, **kw)
+
+    st.open_study = seeded
+    timings: dict = {}
+    t0 = time.time()
+    try:
+        best = study.run_study(args.arm, args.dataset, args.bits, args.trials, args.max_epochs, folder / "study",
+                               folder / "scratch", args.data_root, timings=timings, trial_task=floored_trial,
+                               runtime=None, progress=True)
+    finally:
+        st.open_study = original_open
+    wall = time.time() - t0
+    client.close()
+    if not args.folder:
+        shutil.rmtree(folder, ignore_errors=True)
+    trials = timings["trials"]
+    workers = args.workers
+    parts = breakdown(timings, wall, workers)
+    floor = {k: sum(tr["floor"][k] for tr in trials) for k in ("products_s", "adam_s", "eval_products_s")}
+    floor_s = sum(floor.values()) / workers
+    sampling_wall = parts["sampling"] / workers
+    run_s = wall - sampling_wall
+    states = [tr["state"] for tr in trials]
+    print(f"\nstudy: {len(trials)} trials ({states.count('complete')} complete, {states.count('pruned')} pruned, "
+          f"{states.count('diverged')} diverged), {sum(tr['floor']['steps'] for tr in trials):,} steps, "
+          f"{sum(tr['floor']['evaluations'] for tr in trials)} evaluations; best validation mAP {best['validation_map']:.4f}")
+    print(f"wall {wall:.1f} s on {workers} workers (the cluster's start, {cluster_s:.1f} s, and the client's "
+          f"first data load, {timings.get('data_s', 0):.1f} s, before it); without the floor's samples {run_s:.1f} s")
+    print(f"\n{'part':70s} {'worker-s':>9s} {'share':>6s} {'per trial':>9s}")
+    total = wall * workers
+    for name, what in PARTS:
+        print(f"{what:70s} {parts[name]:9.1f} {100 * parts[name] / total:5.1f}% {parts[name] / len(trials):9.2f}")
+    print(f"{'(sum)':70s} {sum(parts.values()):9.1f} {100 * sum(parts.values()) / total:5.1f}%")
+    print(f"\nfloor: products {floor['products_s']:.1f} s, Adam's pass {floor['adam_s']:.1f} s, evaluations' products "
+          f"{floor['eval_products_s']:.1f} s (worker-seconds); on {workers} workers {floor_s:.1f} s")
+    steps_vs = parts["steps"] / (floor["products_s"] + floor["adam_s"])
+    evals = parts["eval_map"] + parts["eval_measures"] + parts["eval_files"]
+    drift = [tr["floor"]["drift"] for tr in trials]
+    print(f"steps against their floor (products and Adam's pass): {steps_vs:.2f}; evaluations against their "
+          f"products: {evals / max(floor['eval_products_s'], 1e-9):.2f}")
+    print(f"the floor's products after a trial over before it: {min(drift):.2f} to {max(drift):.2f} "
+          f"(median {statistics.median(drift):.2f}); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    ratio = run_s / floor_s
+    print(f"study_wall_s={wall:.1f}")
+    print(f"study_floor_s={floor_s:.1f}")
+    print(f"study_vs_floor={ratio:.2f}")
+    if args.no_record:
+        return
+    from record import record
+
+    values = {"study_vs_floor": ratio, "wall_s": wall, "floor_s": floor_s, "trials": len(trials),
+              "steps": sum(tr["floor"]["steps"] for tr in trials),
+              "evaluations": sum(tr["floor"]["evaluations"] for tr in trials),
+              "steps_vs_floor": steps_vs, "load_average": os.getloadavg()[0],
+              **{f"{k}_worker_s": v for k, v in parts.items()}, **{f"floor_{k}": v for k, v in floor.items()}}
+    record("study_speed", values, args, label=args.label)
+
+
+if __name__ == "__main__":
+    main()
