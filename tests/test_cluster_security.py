@@ -65,6 +65,7 @@ def attempt(address: str, marker: Path, how: str, credentials: bool = False) -> 
     return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr
 
 
+@pytest.mark.slow
 def test_the_local_cluster_listens_with_tls_on_this_machine_only(local):
     address = local.scheduler.address
     assert address.startswith("tls://127.0.0.1:")
@@ -76,6 +77,7 @@ def test_the_local_cluster_listens_with_tls_on_this_machine_only(local):
     assert local.submit(sum, [1, 2], pure=False).result() == 3
 
 
+@pytest.mark.slow
 def test_dasks_http_pages_serve_nothing_without_rsgh_dashboard(local):
     port = local.scheduler_info()["services"].get("dashboard")
     if port is None:
