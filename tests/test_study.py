@@ -182,3 +182,42 @@ def test_top_trials_orders_by_value_and_shows_parameters_a_trial_left_out_as_a_d
     assert top["value"].tolist() == [0.5, 0.4, 0.3]  # complete trials only, best first
     assert top["hidden_layers"].tolist() == [2, 1, "—"]  # the linear trial has no depth
     assert not top.isna().any().any()
+
+
+def test_a_study_writes_only_into_a_folder_of_its_own(tmp_path):
+    """study --out: new, empty, or this very study's journal; refused before a byte is written otherwise
+    (a user's file, another arm's study, a best.json without a journal, a journal.log that is not one, the
+    published book)."""
+    from rsgh.book.study import check_study_folder
+
+    check_study_folder(tmp_path / "new", "mnist-k64-rsgh")
+    (tmp_path / "empty").mkdir()
+    check_study_folder(tmp_path / "empty", "mnist-k64-rsgh")
+    mine = tmp_path / "mine"
+    st.open_study("rsgh", "mnist", 64, mine)
+    check_study_folder(mine, "mnist-k64-rsgh")  # the same study continues
+    before = sorted((p.name, p.read_bytes()) for p in mine.iterdir())
+    with pytest.raises(ValueError, match="holds the study mnist-k64-rsgh, not mnist-k64-sgh"):
+        check_study_folder(mine, "mnist-k64-sgh")
+    with pytest.raises(ValueError, match="holds the study"):
+        st.run_study("sgh", "mnist", 64, 1, 1, mine, scratch=tmp_path / "scratch")  # refused before any work
+    assert sorted((p.name, p.read_bytes()) for p in mine.iterdir()) == before and not (tmp_path / "scratch").exists()
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    (user / "best.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"holds files that are not a study's \(notes.txt\)"):
+        check_study_folder(user, "mnist-k64-rsgh")
+    (user / "notes.txt").unlink()
+    with pytest.raises(ValueError, match="best.json without a journal"):
+        check_study_folder(user, "mnist-k64-rsgh")
+    assert (user / "best.json").read_text() == "{}"
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "journal.log").write_text("not json\n")
+    with pytest.raises(ValueError, match="not an Optuna journal"):
+        check_study_folder(fake, "mnist-k64-rsgh")
+    from rsgh.paths import BOOK
+
+    with pytest.raises(ValueError, match="inside the published book"):
+        check_study_folder(BOOK / "studies", "mnist-k64-rsgh")

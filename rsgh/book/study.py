@@ -14,7 +14,8 @@ A study searches one arm on one dataset at one code length (:func:`suggest`). Ea
 model (seed 0) with the compiled step, evaluates the validation mAP after every epoch, keeps its best
 epoch (stopping after ``PATIENCE`` evaluations without a better one) and reports each value to Optuna,
 whose median pruner stops trials behind the median of earlier ones at the same epoch. The test
-queries are never looked at here: a trial's value is its best validation mAP.
+queries are never looked at here: a trial's value is its best validation mAP, and its run folder has no
+test-query reports.
 
 Storage: an Optuna journal (``journal.log``: one JSON line per event, append-only, so a study lives in
 the repository's results store and survives the machine) and ``best.json`` in the study's folder;
@@ -159,6 +160,44 @@ def open_study(arm: str, dataset: str, bits: int, folder: str | Path, create: bo
                                pruner=optuna.pruners.MedianPruner(n_startup_trials=6, n_warmup_steps=2))
 
 
+STUDY_FILES = {"journal.log", "best.json", "journal.log.lock", "journal.log.lock.lock"}
+
+
+def check_study_folder(folder: str | Path, name: str) -> None:
+    """Refuse (before anything is written) a study folder that rsgh did not make for this study: it must be
+    new, empty, or hold only a study's journal and best configuration, of this study and no other (a second
+    arm into the same folder would replace the first one's best.json). Never inside the published book."""
+    import optuna
+
+    from ..paths import check_outside_book
+
+    folder = Path(folder)
+    check_outside_book(folder, "study --out")
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"study --out {folder} is a file, not a study folder; choose another --out")
+    names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    foreign = sorted(names - STUDY_FILES)
+    if foreign:
+        raise ValueError(f"study --out {folder} holds files that are not a study's ({', '.join(foreign[:3])}); "
+                         "choose a new or empty folder")
+    if "journal.log" in names:
+        try:  # every line an Optuna journal record (Optuna's reader skips lines it cannot read)
+            with open(folder / "journal.log", encoding="utf-8") as fh:
+                ok = all("op_code" in json.loads(line) for line in fh if line.strip())
+            held = optuna.study.get_all_study_names(journal_storage(folder)) if ok else None
+        except (ValueError, TypeError, UnicodeDecodeError, OSError):
+            held = None
+        if held is None:  # another program's file of the same name
+            raise ValueError(f"{folder / 'journal.log'} is not an Optuna journal; choose a new or empty folder")
+        others = [n for n in held if n != name]
+        if others:
+            raise ValueError(f"study --out {folder} holds the study {others[0]}, not {name}: each study needs a "
+                             "folder of its own (e.g. results/studies/" + name + ")")
+    elif "best.json" in names:
+        raise ValueError(f"study --out {folder} holds a best.json without a journal: not a study rsgh made; "
+                         "choose a new or empty folder")
+
+
 def _report_hook(folder: str, study_name: str, trial_id: int):
     """A training hook that reports each validation mAP to Optuna and stops a pruned trial."""
     import optuna
@@ -196,9 +235,9 @@ def run_trial(cfg: Config, out: str, data_root, folder: str, study_name: str, tr
     tune_worker_process(1)
     with PHASES.timed("storage_open"):
         hook = _report_hook(folder, study_name, trial_id)
-    try:
+    try:  # no test-query reports: a study looks at the validation queries only (they took 40 s of a trial)
         run_group([cfg], [out], data_root, runtime or Runtime(progress=False, compile_step=True), resume=True,
-                  hooks=(hook,))
+                  hooks=(hook,), test_reports=False)
     except optuna.TrialPruned:
         state = "pruned"
     except DivergedError:  # a step size too large for the problem: the trial ends as pruned, at its last value
@@ -256,6 +295,7 @@ def run_study(arm: str, dataset: str, bits: int, trials: int, max_epochs: int, f
     from .schedule import get_client, n_workers
 
     folder = Path(folder)
+    check_study_folder(folder, study_name(arm, dataset, bits))
     timings = {} if timings is None else timings
     timings.update(trials=[], storage_s=0.0, submit_s=0.0)
     clock = time.perf_counter()
