@@ -75,3 +75,26 @@ def test_hash_refuses_every_input_that_is_not_finite_and_counts_its_rows(bad):
         expected = int((~np.isfinite(y.numpy())).any(1).sum())
         with pytest.raises(ValueError, match=f"^{expected} input row"):
             model.hash(y)
+
+
+def test_dead_units_are_the_relu_units_silent_on_every_input():
+    """Against a plain loop over the layers of one member: a unit is dead when its ReLU output is 0 for
+    every row; a bias pushed far below zero kills a whole layer of the second member only."""
+    import torch
+
+    from rsgh.method.measures import dead_units
+    from rsgh.method.model import HashModel
+
+    model = HashModel(12, 6, 3, "mlp", [0, 1])
+    with torch.no_grad():
+        model.params["enc1_bias"][1] -= 1e3
+    x = torch.rand(50, 12)
+    got = dead_units(model, x, batch_size=7)  # several blocks
+    for g in range(2):
+        h, want = x, []
+        for i in range(3):
+            h = torch.relu(h @ model.params[f"enc{i}_weight"][g] + model.params[f"enc{i}_bias"][g])
+            want.append(float((h.max(dim=0).values <= 0).float().mean()))
+        assert got[g] == pytest.approx(want)
+    assert got[1][1] == 1.0 and got[0][1] < 1.0  # the next layer then outputs only its biases: constant codes
+    assert dead_units(HashModel(12, 6, 0, "reference", [0], torch.zeros(12), torch.ones(12)), x) == [[]]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .model import HashModel
+from .model import HashModel, group_matmul
 from .neuron import hash_codes
 from .objective import bernoulli_kl
 
@@ -87,3 +87,21 @@ def mean_abs_correlation(codes: np.ndarray | torch.Tensor) -> float:
     corr = cov / torch.outer(sd, sd)
     upper = torch.triu_indices(len(sd), len(sd), offset=1)
     return float(corr[upper[0], upper[1]].abs().mean())
+
+
+@torch.no_grad()
+def dead_units(model: HashModel, x: torch.Tensor, batch_size: int = 8192) -> list[list[float]]:
+    """Per model of the group, per hidden ReLU layer of the encoder: the fraction of its units that output
+    0 for every row of ``x``. A dead unit passes no gradient and never revives; when a layer is wholly dead,
+    the codes no longer depend on the image (a run that never trains). Empty lists for the linear model."""
+    if model.arch == "reference":
+        return [[] for _ in range(model.groups)]
+    n = len(model.layer_sizes["enc"])
+    alive = [torch.zeros(model.groups, model.params[f"enc{i}_weight"].shape[-1], dtype=torch.bool)
+             for i in range(n - 1)]
+    for start in range(0, len(x), batch_size):
+        h = x[start:start + batch_size]
+        for i in range(n - 1):
+            h = torch.relu(group_matmul(h, model.params[f"enc{i}_weight"], model.params[f"enc{i}_bias"]))
+            alive[i] |= (h > 0).any(dim=1).cpu()
+    return [[float(1 - a[g].float().mean()) for a in alive] for g in range(model.groups)]
