@@ -150,8 +150,10 @@ def _compiled_cpu_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec,
         return parts
 
     # static shapes: a process that trains groups of several shapes (a Dask worker) would otherwise get
-    # graphs for any size, slower, with the sizes as inputs
-    compiled = torch.compile(whole_step, fullgraph=True, dynamic=False, backend=_inductor_with_calls)
+    # graphs for any size, slower, with the sizes as inputs; every group of a shape already compiled in
+    # this process reuses its graph (STEP_RECOMPILE_LIMIT)
+    compiled = torch.compile(whole_step, fullgraph=True, dynamic=False, backend=_inductor_with_calls,
+                             recompile_limit=STEP_RECOMPILE_LIMIT)
 
     calls = 0
     seen = []  # the inputs of the graph that dynamo called at the last steps
@@ -190,6 +192,17 @@ def _compiled_cpu_step(model: HashModel, opt: torch.optim.Adam, spec: GroupSpec,
 
     cpu_step.calls_graph_directly = lambda: direct is not None  # for the tests
     return cpu_step
+
+
+# Graphs of the compiled step that one process keeps (dynamo's cache of ``whole_step``, whose code every
+# group's step shares; dynamo's own default keeps 8). A new group of a shape and reading already compiled
+# here (the same architecture, batch size and Python-level choices of the loss) reuses its graph: dynamo's
+# guards check the tensors' sizes and those choices, not the tensors, and a trial's hyperparameters are
+# tensors (``GroupSpec``) or the step's scalars. A study's worker trains trials of a few dozen shapes, and
+# with dynamo's 8 it started afresh at every ninth and compiled every shape again, about 12 s each with
+# inductor's disk cache warm (dynamo's tracing and AOTAutograd, which that cache does not hold with the C++
+# wrapper). Beyond this many, the cache starts afresh (:func:`_compiled_cpu_step`).
+STEP_RECOMPILE_LIMIT = 64
 
 
 class _HandledRecompileLimit(logging.Filter):
