@@ -384,14 +384,17 @@ def seed_points(finals: pd.DataFrame, column: str = "map", hue: str = "method"):
             values = part[part["bits"] == k]
             x = j - 0.4 + width * (i + 0.5)
             jitter = np.linspace(-width * 0.25, width * 0.25, max(len(values), 1))
-            ax.scatter(x + jitter[:len(values)], values[column], color=look["color"], marker=look["marker"], s=18,
+            hollow = look["linestyle"] != "-"  # a variant of a method (e.g. its patents' settings): open markers
+            ax.scatter(x + jitter[:len(values)], values[column], marker=look["marker"], s=22,
+                       facecolors="none" if hollow else look["color"], edgecolors=look["color"],
                        label=label if j == 0 else None, zorder=3)
             if "active_units_001" in values and (values["active_units_001"] == 0).any():
                 dead = values[values["active_units_001"] == 0]
                 ax.scatter(x + jitter[:len(values)][(values["active_units_001"] == 0).to_numpy()], dead[column],
                            s=90, facecolors="none", edgecolors="black", linewidths=1.0, zorder=4)
             if len(values):
-                ax.hlines(values[column].mean(), x - width * 0.4, x + width * 0.4, color=look["color"], linewidth=2)
+                ax.hlines(values[column].mean(), x - width * 0.4, x + width * 0.4, color=look["color"], linewidth=2,
+                          linestyle=look["linestyle"])
     ax.set_xticks(range(len(bits)), [f"K = {k}" for k in bits])
     ax.set_ylabel(style.axis_label(column))
     handles, names = ax.get_legend_handles_labels()
