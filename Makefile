@@ -12,6 +12,12 @@ export RSGH_DATA
 RUNS ?= runs
 
 PROFILE ?= quick
+# DEVICE=cuda: every page's training on the GPU (make reproduce PROFILE=quick DEVICE=cuda), DEVICE=cpu on the CPU;
+# unset: CUDA where available. It sets RSGH_DEVICE, the default device of the runtime settings that the pages build.
+DEVICE ?=
+ifneq ($(strip $(DEVICE)),)
+export RSGH_DEVICE := $(strip $(DEVICE))
+endif
 .PHONY: venv reproduce book test fast e1 reference clean-venv
 
 venv: $(VENV)/.installed

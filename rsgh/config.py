@@ -207,6 +207,9 @@ PRESETS: dict[str, dict] = {
 }
 
 
+DEVICE_VAR = "RSGH_DEVICE"  # the default device of every Runtime built without one (the book's pages build theirs)
+
+
 @dataclass(frozen=True)
 class Runtime:
     """How a run is computed, never what it is: not part of a run's identity, so a finished run is
@@ -223,7 +226,9 @@ class Runtime:
                               "decays through the subnormal range, which some CPUs compute many times slower: on an "
                               "Intel Xeon a lone 128-bit E2 step took 2.2 ms without it, 0.91 ms with it. The "
                               "results were the same to the bit (README, 'Subnormal numbers')")
-    device: str = _f("auto", "'auto' (CUDA when available), 'cpu' or 'cuda'", ("auto", "cpu", "cuda"))
+    device: str = field(default_factory=lambda: os.environ.get(DEVICE_VAR, "").strip() or "auto", metadata={
+        "help": f"'auto' (CUDA when available), 'cpu' or 'cuda'; default ${DEVICE_VAR} where set (make reproduce "
+                "DEVICE=cuda sets it: every page's training on the GPU), else 'auto'", "choices": ("auto", "cpu", "cuda")})
     progress: bool = _f(True, "show progress bars")
     group_split: str = _f("auto", "how the cluster's tasks deal a lock-step group's models into parallel parts: "
                           "'measure' (from a short measurement of the step at each candidate group size, 5-30 s "
@@ -237,6 +242,9 @@ class Runtime:
 
     def validate(self) -> "Runtime":
         hints = typing.get_type_hints(Runtime)
+        if isinstance(self.device, str) and self.device not in ("auto", "cpu", "cuda") and \
+                self.device == os.environ.get(DEVICE_VAR, "").strip():
+            raise ValueError(f"{DEVICE_VAR}={self.device!r} is not a device: set it to auto, cpu or cuda, or unset it")
         for f in fields(self):
             _check_type(f.name, getattr(self, f.name), hints[f.name])
             choices = f.metadata.get("choices")
@@ -380,6 +388,7 @@ def config_help() -> str:
     lines = []
     for cls in (Config, Runtime):
         hints = typing.get_type_hints(cls)
-        lines += [f"  {f.name} ({hints[f.name].__name__}, default {f.default!r}): {f.metadata['help']}"
+        lines += [f"  {f.name} ({hints[f.name].__name__}, default "
+                  f"{(f.default if f.default is not dataclasses.MISSING else f.default_factory())!r}): {f.metadata['help']}"
                   for f in fields(cls)]
     return "\n".join(lines)

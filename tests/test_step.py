@@ -202,6 +202,36 @@ def test_plan_parts_deals_the_groups_longest_part_first(tmp_path, monkeypatch):
         [0, 2], [1, 3], [0], [1]]
 
 
+def test_on_a_gpu_each_group_is_one_part_and_a_local_clusters_workers_share_the_gpu(tmp_path, monkeypatch):
+    """DEVICE=cuda (RSGH_DEVICE): a lock-step group stays whole on the GPU (its groups on several workers at
+    once), and its tasks ask for the GPU resource only on a cluster whose workers declare one (a local
+    cluster's declare none: a task asking for it would wait for ever)."""
+    cfgs = [make_config("e2-sgh", dict(bits=32, seed=s)) for s in range(4)]
+    runs = [(c, tmp_path / c.run_name()) for c in cfgs]
+    monkeypatch.setenv("RSGH_DEVICE", "cuda")
+    gpu = Runtime(progress=False)  # not validated: this machine may have no GPU
+    assert gpu.device == "cuda"
+    assert seeds(schedule.plan_parts(_Client(2), runs, runtime=gpu)) == [[0, 1, 2, 3]]
+    assert seeds(schedule.plan_parts(_Client(2), runs, runtime=Runtime(progress=False, group_split="workers"))) == [
+        [0, 2], [1, 3]]
+    assert schedule.resources(gpu) == {"GPU": 1}
+    assert schedule.resources(gpu, _Client(2)) is None
+    declared = _Client(1)
+    declared.scheduler_info = lambda n_workers=-1: {"workers": {"tls://a": {"resources": {"GPU": 1}}}}
+    assert schedule.resources(gpu, declared) == {"GPU": 1}
+    assert schedule.resources(Runtime(progress=False, device="cpu"), declared) is None
+
+
+def test_the_device_default_comes_from_rsgh_device(monkeypatch):
+    monkeypatch.delenv("RSGH_DEVICE", raising=False)
+    assert Runtime().device == "auto"
+    monkeypatch.setenv("RSGH_DEVICE", "cpu")
+    assert Runtime().device == "cpu" and Runtime(device="auto").device == "auto"
+    monkeypatch.setenv("RSGH_DEVICE", "gpu")
+    with pytest.raises(ValueError, match="RSGH_DEVICE='gpu' is not a device"):
+        Runtime().validate()
+
+
 def test_plan_parts_measures_and_deals_the_unfinished_runs_of_a_group(tmp_path, monkeypatch):
     """A group with finished runs: the split is measured for its unfinished models only, they are dealt
     first (one to each part), and the finished ones follow in the same parts."""

@@ -11,8 +11,9 @@ filesystem that the client and the workers share (a cluster's home or project fo
 only the summaries. A task that dies with its worker is run again elsewhere by the scheduler and
 resumes from the run's last checkpoint (a killed run resumes to identical weights); a task that
 fails with an error (a bad configuration) fails once, with its message. Tasks on a CUDA device
-ask for the worker resource ``GPU=1`` (start GPU workers with ``dask worker ... --resources GPU=1``),
-so that a GPU worker runs one at a time.
+ask for the worker resource ``GPU=1`` on a cluster whose workers declare it (start GPU workers with
+``dask worker ... --resources GPU=1``), so that a GPU worker runs one at a time; the local cluster's
+workers share this machine's GPU (``make reproduce DEVICE=cuda``).
 """
 
 from __future__ import annotations
@@ -175,10 +176,17 @@ def n_workers(client) -> int:
     return max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
 
 
-def resources(runtime: Runtime) -> dict | None:
+def resources(runtime: Runtime, client=None) -> dict | None:
+    """The worker resources that a task of ``runtime`` asks for: ``GPU=1`` on a CUDA device, so that a
+    GPU worker of a cluster runs one such task at a time; none with a ``client`` whose workers declare no
+    GPU (a local cluster: its workers share this machine's GPU, and a task asking for one would wait
+    for ever)."""
     from ..train.step import pick_device
 
     on_gpu = runtime.device == "cuda" or (runtime.device == "auto" and pick_device("auto").type == "cuda")
+    if on_gpu and client is not None:
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        on_gpu = any(((w or {}).get("resources") or {}).get("GPU", 0) for w in workers)
     return {"GPU": 1} if on_gpu else None
 
 
@@ -202,7 +210,8 @@ def train_runs(runs: Sequence[tuple[Config, Path]], data_root=None, runtime: Run
     client = get_client(scheduler)
     summaries = {}
     todo = plan_parts(client, runs, data_root, runtime, parts, progress)
-    for i, future in in_turn(client, [part_call(part, data_root, runtime) for part in todo], resources(runtime)):
+    for i, future in in_turn(client, [part_call(part, data_root, runtime) for part in todo],
+                             resources(runtime, client)):
         for (_, path), summary in zip(todo[i], future.result()):  # re-raises a task's error here
             summaries[str(path)] = summary
         if progress:
@@ -258,8 +267,9 @@ def plan_parts(client, runs: Sequence[tuple[Config, Path]], data_root=None, runt
     With ``runtime.group_split`` 'measure' (or 'auto', a local cluster of CPU workers and a group of
     100,000 model-steps or more) the split of every group with unfinished runs is chosen together
     from a short measurement of the step on the workers (:func:`measured_splits`) and the parts are
-    ordered longest first; else each group is dealt into one part per worker (``parts`` overrides
-    both), in the order given."""
+    ordered longest first; with 'auto' on a CUDA device each group is one part (a GPU steps a whole
+    group at about the rate of a lone model), the groups on several workers at once; else each group is
+    dealt into one part per worker (``parts`` overrides all), in the order given."""
     from ..train.rundir import RunDir
 
     # each group's unfinished runs first: the split is measured and dealt for them; the finished ones
@@ -279,9 +289,10 @@ def plan_parts(client, runs: Sequence[tuple[Config, Path]], data_root=None, runt
                 cfg = u[0][0]
                 print(f"{len(u)} models ({cfg.dataset}, {cfg.bits} bits): {chosen[0]} part(s) of about "
                       f"{', '.join(f'{s / 60:.1f}' for s in chosen[1])} min (measured)", flush=True)
+    whole = runtime.group_split == "auto" and resources(runtime) is not None  # on a GPU
     jobs = []
     for i, g in enumerate(groups):
-        k, seconds = plan.get(i, (parts or workers, None))
+        k, seconds = plan.get(i, (parts or (1 if whole else workers), None))
         for n, part in enumerate(g[j::k] for j in range(min(k, len(g)))):
             jobs.append((seconds[n] if seconds and n < len(seconds) else 0.0, part))
     return [part for _, part in sorted(jobs, key=lambda j: -j[0])]  # longest first (a stable sort: else as given)
@@ -330,7 +341,8 @@ def measured_splits(groups: Sequence[tuple[Sequence[Config], int, int]], workers
         measured = [measure_stage(*job) for job in jobs]
     else:
         measured = [None] * len(jobs)
-        for i, future in in_turn(client, [(measure_stage, *job, True) for job in jobs], resources(runtime)):
+        for i, future in in_turn(client, [(measure_stage, *job, True) for job in jobs],
+                                 resources(runtime, client)):
             measured[i] = future.result()
     # on one scale: each stage's rates as if measured when the yardstick ran at its median rate
     scale = statistics.median(y for _, _, y in measured)
