@@ -267,3 +267,27 @@ def test_glue_ratio_glues_the_ratio_of_means_with_the_spread_of_the_per_seed_rat
     sd = (sum((r - mean) ** 2 for r in per_seed) / 2) ** 0.5
     assert ratio == pytest.approx(40 / (70 / 3))
     assert glued_numbers["r"] == (pytest.approx(40 / (70 / 3)), pytest.approx(sd), 3)
+
+
+def test_a_narrower_rerun_leaves_out_what_it_did_not_cover(tmp_path):
+    """A level that retrains one code length (quick) produces no 32-bit number: out of its scope, not a miss;
+    the same page rerun over the same code lengths without a number it should have: a miss."""
+    from rsgh.book.report import narrower
+
+    pub, rep = tmp_path / "pub", tmp_path / "rep"
+    pub.mkdir(), rep.mkdir()
+    _fake_executed(pub / "p.ipynb", {"p_map_sgh_32": 0.14, "p_map_sgh_64": 0.15})
+    _fake_executed(rep / "p.ipynb", {"p_map_sgh_64": 0.15})
+    for path, params in ((pub / "p.ipynb", {"bits": [32, 64], "seeds": [0, 1, 2]}),
+                         (rep / "p.ipynb", {"bits": [64], "seeds": [0]})):
+        nb = nbformat.read(path, as_version=4)
+        nb.metadata["papermill"] = {"parameters": params}
+        nbformat.write(nb, path)
+    assert [r["quantity"] for r in compare(pub, rep, ["p"])] == ["p_map_sgh_64"]
+    nb = nbformat.read(rep / "p.ipynb", as_version=4)
+    nb.metadata["papermill"] = {"parameters": {"bits": [32, 64], "seeds": [0]}}  # fewer seeds only: not narrower
+    nbformat.write(nb, rep / "p.ipynb")
+    records = {r["quantity"]: r for r in compare(pub, rep, ["p"])}
+    assert records["p_map_sgh_32"]["reproduced"] is None and not records["p_map_sgh_32"]["ok"]
+    assert narrower({"trials": {"a": 2, "b": 3}}, {"trials": {"a": 2}})
+    assert not narrower({"bits": [32, 64]}, {"bits": [32, 64, 128]}) and not narrower({"epochs": 200}, {"epochs": 1})
