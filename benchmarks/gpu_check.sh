@@ -4,13 +4,20 @@
 #      compiled step (CUDA graphs) against the eager one;
 #   2. benchmarks/train_throughput.py on the GPU: groups of 1 to 384 models (eager), 2 and 128 compiled;
 #   3. one E2 run at 64 bits at the patents' settings (SGH + R-SGH as one lock-step group, 200
-#      epochs, compiled step), end to end (decoding, GIST, training, evaluations), with its wall time.
+#      epochs, compiled step), end to end (decoding, GIST, training, evaluations), with its wall time;
+#   4. one retrieval page of the book re-executed as `make reproduce DEVICE=cuda` executes it
+#      (benchmarks/reproduction_speed.py: MNIST pixels, the quick profile at 4 epochs), on the GPU and
+#      then on the CPU (16 workers), with both wall times and their ratio;
+#   5. a 4-trial study (benchmarks/study_speed.py: R-SGH on MNIST, 3 epochs a trial, 4 workers) on the GPU
+#      and then on the CPU, with both wall times and their ratio.
 # Each step has its own time limit, writes its log beside the others, and the summary (key=value
 # lines) goes to summary.txt and stdout. Results go under $OUT (when set) or a new temporary folder.
+# STEPS (default 1,2,3,4,5) picks the steps to run, e.g. STEPS=4,5 to run the page and the study again.
 #
 #   bash benchmarks/gpu_check.sh             # on the GPU machine, from the repository root
-#   bash benchmarks/gpu_check.sh --dry-run   # the same steps on the CPU at toy sizes (about 2 minutes; the
-#                                            # E2 step on MNIST pixels, 60 steps)
+#   bash benchmarks/gpu_check.sh --dry-run   # the same steps on the CPU at toy sizes (under 3 minutes; the
+#                                            # E2 step on MNIST pixels, 60 steps; the page and the study
+#                                            # once, on the CPU, eager, one epoch)
 #
 # The E2 run needs CIFAR-10 under $RSGH_DATA (cifar-10-python.tar.gz or the JPEG copy
 # cifar10-jpeg.tar.gz, 19 MB); without it that step is reported as skipped and the exit status is 3.
@@ -33,16 +40,24 @@ export CUBLAS_WORKSPACE_CONFIG=:4096:8  # deterministic cuBLAS, for the determin
 export PYTHONUNBUFFERED=1
 STATUS=0
 
+STEPS=",${STEPS:-1,2,3,4,5},"
+wanted() { case "$STEPS" in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 if [ $DRY = 1 ]; then
-  DEVICE=cpu; T_TESTS=170; T_BENCH=60; T_E2=170
+  DEVICE=cpu; T_TESTS=170; T_BENCH=60; T_E2=170; T_PAGE=170; T_STUDY=170
   BENCH=(--seconds 0.3 --sizes 1,2,6 --compiled-sizes "")
   # toy sizes: MNIST pixels instead of CIFAR-10 GIST (GIST of 60,000 images alone takes minutes on a CPU)
   E2=(--set iterations=60 --set eval_every=30 --set compile_step=false --set dataset=mnist --set features=pixels
       --set feature_scaling=none)
+  PAGE=(--epochs 1 --set "bits=[16]" --set compile_step=false --workers 2)
+  STUDY=(--trials 2 --max-epochs 1 --workers 2 --eager)
+  COMPARE=()  # on the CPU only: the step once
 else
-  DEVICE=cuda; T_TESTS=90; T_BENCH=150; T_E2=220
+  DEVICE=cuda; T_TESTS=90; T_BENCH=150; T_E2=220; T_PAGE=240; T_STUDY=240
   BENCH=(--seconds 1 --sizes 1,2,8,32,128,384 --compiled-sizes 2,128)
   E2=(--set compile_step=true)
+  PAGE=(--epochs 4 --workers "$(nproc)")
+  STUDY=(--trials 4 --max-epochs 3 --workers 4)
+  COMPARE=(cpu)  # then again on the CPU, in this call
 fi
 
 note() { echo "$1" | tee -a "$SUMMARY"; }
@@ -76,12 +91,16 @@ if [ $DEVICE = cuda ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda
 fi
 
 # 1. the device path's tests
+if wanted 1; then
 step tests "$T_TESTS" env RSGH_TEST_DEVICE=$DEVICE "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py
 grep -E "passed|failed|skipped|error" "$RESULTS/tests.log" | tail -1 | sed 's/^/  /' | tee -a "$SUMMARY"
+fi
 
 # 2. throughput of groups on the device
+if wanted 2; then
 step throughput "$T_BENCH" "$PY" benchmarks/train_throughput.py --device $DEVICE "${BENCH[@]}"
 grep -E "model-steps/s|=" "$RESULTS/throughput.log" | sed 's/^/  /' | tee -a "$SUMMARY"
+fi
 
 # 3. one E2 run at 64 bits, end to end
 DATA=${RSGH_DATA:-$( [ -d ../shared/data ] && echo ../shared/data || echo data/cache)}
@@ -91,7 +110,9 @@ else
   HAVE_DATA=$( { [ -e "$DATA/cifar-10-python.tar.gz" ] || [ -e "$DATA/cifar10-jpeg.tar.gz" ] \
                  || [ -d "$DATA/cifar-10-batches-py" ]; } && echo 1)
 fi
-if [ -n "$HAVE_DATA" ]; then
+if ! wanted 3; then
+  :
+elif [ -n "$HAVE_DATA" ]; then
   E2_OUT=$RESULTS/e2-k64
   rm -rf "$E2_OUT"
   step e2_k64 "$T_E2" env RSGH_DATA="$DATA" "$PY" -m rsgh train --config e2-sgh e2-rsgh --set bits=64 \
@@ -113,6 +134,30 @@ PYEOF
 else
   note "e2_k64=skipped (no CIFAR-10 (MNIST for --dry-run) under $DATA: set RSGH_DATA)"
   [ $STATUS = 0 ] && STATUS=3
+fi
+
+# 4 and 5. a page of the book and a small study, on the device and then on the CPU: wall times and their ratio
+HAVE_MNIST=$([ -d "$DATA/MNIST" ] && echo 1)
+compare() {  # compare NAME LIMIT KEY COMMAND...: the command on $DEVICE, then (on a GPU) on the CPU
+  local name=$1 limit=$2 key=$3; shift 3
+  local dev secs=()
+  for dev in $DEVICE "${COMPARE[@]}"; do
+    step "${name}_$dev" "$limit" env RSGH_DATA="$DATA" "$@" --device "$dev" --no-record
+    local v; v=$(grep -E "^$key=" "$RESULTS/${name}_$dev.log" | tail -1 | cut -d= -f2)
+    note "${name}_${dev}_s=${v:-none}"
+    secs+=("${v:-}")
+  done
+  if [ ${#secs[@]} = 2 ] && [ -n "${secs[0]}" ] && [ -n "${secs[1]}" ]; then
+    note "${name}_cpu_over_${DEVICE}=$(echo "scale=2; ${secs[1]} / ${secs[0]}" | bc)"
+  fi
+}
+if [ -z "$HAVE_MNIST" ]; then
+  { wanted 4 || wanted 5; } && note "page=skipped, study=skipped (no MNIST under $DATA: set RSGH_DATA)"
+  { wanted 4 || wanted 5; } && [ $STATUS = 0 ] && STATUS=3
+else
+  wanted 4 && compare page "$T_PAGE" page_wall_s "$PY" benchmarks/reproduction_speed.py --page mnist_pixels \
+    --profile quick "${PAGE[@]}"
+  wanted 5 && compare study "$T_STUDY" study_wall_s "$PY" benchmarks/study_speed.py --arm rsgh --dataset mnist "${STUDY[@]}"
 fi
 
 note "gpu_check_status=$STATUS"

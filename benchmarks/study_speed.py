@@ -25,7 +25,7 @@ validation queries for the collapse measures), times the evaluations it made. Th
 the sum over its trials divided by the workers; the sampling time is taken off the wall time.
 
     python benchmarks/study_speed.py [--arm rsgh] [--dataset mnist] [--bits 64] [--trials 12]
-        [--max-epochs 4] [--workers 2] [--seed 0] [--label TEXT]
+        [--max-epochs 2] [--workers 2] [--seed 0] [--inductor-cache warm|cold|as-is] [--label TEXT]
 
 Needs the data root (``RSGH_DATA`` or ``--data-root``). Ends with ``study_vs_floor=<ratio>`` and
 appends a record to ``results/benchmarks/study_speed.json``.
@@ -34,6 +34,7 @@ appends a record to ``results/benchmarks/study_speed.json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import statistics
@@ -98,30 +99,67 @@ def sample_floor(cfg, data_root) -> dict | None:
     return {k: 1 / r for k, r in rates.items()}
 
 
+def warm_disk_cache(arm: str, dataset: str, bits: int, max_epochs: int, seed: int, trials: int, data_root) -> float:
+    """Compile here, once, the steps of the first ``trials`` trials that the study's sampler will ask (TPE's
+    first ten are drawn at random from its seed, whatever the trials' values), so that inductor's disk
+    cache holds their kernels, as it does when a study is run again on a machine; the workers still
+    trace and compile each shape (dynamo, AOTAutograd), and load inductor's kernels from the disk. Returns
+    the seconds it took (not part of the study's time)."""
+    import warnings
+
+    import optuna
+
+    from rsgh.book import study
+    from rsgh.config import Runtime
+    from rsgh.train.step import group_step
+    from rsgh.train.task import task_data
+
+    t = time.time()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+    replay = optuna.create_study(direction="maximize", sampler=sampler)
+    runtime = Runtime(progress=False, compile_step=True, device="cpu")
+    dim = None
+    for _ in range(min(trials, 10)):
+        cfg = study.trial_config(study.suggest(replay.ask(), arm), arm, dataset, bits, max_epochs)
+        if dim is None:
+            dim = task_data(dataclasses.replace(cfg, feature_scaling="none"), data_root, progress=False).train_x.shape[1]
+        call, _ = group_step([cfg], dim, runtime)
+        for _ in range(3):
+            call()
+    torch._dynamo.reset()
+    return time.time() - t
+
+
 def floored_trial(cfg, out, data_root, folder, study_name, trial_id, runtime):
     """``rsgh.book.study.run_trial`` with the floor sampled before and after it, in its worker."""
     from rsgh.book.study import run_trial
     from rsgh.train.rundir import RunDir
 
     torch.set_num_threads(1)
+    on_cpu = runtime is None or runtime.device == "cpu"  # a GPU's trials: their wall time only
     t = time.perf_counter()
-    before = sample_floor(cfg, data_root)
+    before = sample_floor(cfg, data_root) if on_cpu else None
     sampled = time.perf_counter() - t
     result = run_trial(cfg, out, data_root, folder, study_name, trial_id, runtime)
     t = time.perf_counter()
-    after = sample_floor(cfg, data_root)
+    after = sample_floor(cfg, data_root) if on_cpu else None
     sampled += time.perf_counter() - t
     metrics = RunDir(out).read_metrics()
-    per_call = {k: (before[k] + after[k]) / 2 for k in after} if before else after
-    from rsgh.train.task import task_data
-
-    r = task_data(cfg, data_root, progress=False).retrieval
-    n_db, n_val = len(r.split.database), len(r.indices(r.selection_part))
     steps, evals = int(metrics["iteration"].max()), len(metrics)
-    eval_s = ((n_db + 2 * n_val) * per_call["encoder"] + n_val * per_call["decoder"]) / ROWS
-    result["floor"] = {"steps": steps, "evaluations": evals, "products_s": steps * per_call["products"],
-                       "adam_s": steps * per_call["adam"], "eval_products_s": evals * eval_s,
-                       "sample_s": sampled, "drift": after["products"] / before["products"] if before else 1.0}
+    result["floor"] = {"steps": steps, "evaluations": evals, "products_s": 0.0, "adam_s": 0.0,
+                       "eval_products_s": 0.0, "sample_s": sampled, "drift": 1.0}
+    if after is not None:
+        per_call = {k: (before[k] + after[k]) / 2 for k in after} if before else after
+        from rsgh.train.task import task_data
+
+        r = task_data(cfg, data_root, progress=False).retrieval
+        n_db, n_val = len(r.split.database), len(r.indices(r.selection_part))
+        eval_s = ((n_db + 2 * n_val) * per_call["encoder"] + n_val * per_call["decoder"]) / ROWS
+        result["floor"].update(products_s=steps * per_call["products"], adam_s=steps * per_call["adam"],
+                               eval_products_s=evals * eval_s,
+                               drift=after["products"] / before["products"] if before else 1.0)
     result["times"]["ended"] = time.time()
     return result
 
@@ -161,9 +199,9 @@ def breakdown(timings: dict, wall: float, workers: int) -> dict:
             "restore"))
         parts["sampling"] += tr["floor"]["sample_s"]
         parts["dispatch"] += max(0.0, t["started"] - tr["submitted"]) + max(0.0, tr["received"] - t["ended"])
-    parts["storage"] += timings["storage_s"]
+    parts["storage"] += timings["storage_s"]  # the client's: a worker waits on it (taken off the idle time)
     busy = sum(tr["received"] - tr["submitted"] for tr in timings["trials"])
-    parts["idle"] = max(0.0, wall * workers - busy)
+    parts["idle"] = max(0.0, wall * workers - busy - timings["storage_s"])
     return parts
 
 
@@ -173,11 +211,18 @@ def main():
     p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "cifar10"])
     p.add_argument("--bits", type=int, default=64)
     p.add_argument("--trials", type=int, default=12)
-    p.add_argument("--max-epochs", type=int, default=4)
+    p.add_argument("--max-epochs", type=int, default=2)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0, help="the sampler's seed (the study's is 0)")
     p.add_argument("--data-root", default=os.environ.get("RSGH_DATA"))
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="the trials' device (cuda: their wall time only; the floor is the CPU's)")
+    p.add_argument("--eager", action="store_true", help="the trials' steps uncompiled (a quick check of the machinery)")
     p.add_argument("--folder", help="the study's temporary folder (default: a new one, removed at the end)")
+    p.add_argument("--inductor-cache", default="warm", choices=["warm", "cold", "as-is"],
+                   help="inductor's disk cache: 'warm' (the first trials' kernels compiled before the study, in a "
+                        "cache that this benchmark's runs share), 'cold' (an empty cache of this run's own) or "
+                        "'as-is' (this machine's)")
     p.add_argument("--label", default="", help="what this run measures (recorded)")
     p.add_argument("--no-record", action="store_true", help="print only (a trial run of the benchmark)")
     args = p.parse_args()
@@ -185,7 +230,16 @@ def main():
     os.environ.pop("RSGH_SCHEDULER", None)  # a cluster of its own, never a running one
     os.environ["RSGH_WORKERS"] = str(args.workers)
     folder = Path(args.folder or tempfile.mkdtemp(prefix="rsgh-study-speed-"))
+    if args.inductor_cache != "as-is":  # set before torch compiles anything; the workers inherit it
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder / "inductor" if args.inductor_cache == "cold" else
+                                                    Path(tempfile.gettempdir()) / "rsgh-study-speed-inductor")
+    warm_s = 0.0
+    if args.inductor_cache == "warm" and args.device == "cpu" and not args.eager:
+        warm_s = warm_disk_cache(args.arm, args.dataset, args.bits, args.max_epochs, args.seed, args.trials,
+                                 args.data_root)
+        print(f"inductor's disk cache warmed with the first trials' kernels in {warm_s:.0f} s", flush=True)
     from rsgh.book import schedule, study
+    from rsgh.config import Runtime
 
     t = time.time()
     client = schedule.get_client()
@@ -204,7 +258,8 @@ def main():
     try:
         best = study.run_study(args.arm, args.dataset, args.bits, args.trials, args.max_epochs, folder / "study",
                                folder / "scratch", args.data_root, timings=timings, trial_task=floored_trial,
-                               runtime=None, progress=True)
+                               runtime=Runtime(progress=False, compile_step=not args.eager, device=args.device),
+                               progress=True)
     finally:
         st.open_study = original_open
     wall = time.time() - t0
@@ -231,22 +286,24 @@ def main():
     print(f"{'(sum)':70s} {sum(parts.values()):9.1f} {100 * sum(parts.values()) / total:5.1f}%")
     print(f"\nfloor: products {floor['products_s']:.1f} s, Adam's pass {floor['adam_s']:.1f} s, evaluations' products "
           f"{floor['eval_products_s']:.1f} s (worker-seconds); on {workers} workers {floor_s:.1f} s")
-    steps_vs = parts["steps"] / (floor["products_s"] + floor["adam_s"])
+    steps_vs = parts["steps"] / max(floor["products_s"] + floor["adam_s"], 1e-9)
     evals = parts["eval_map"] + parts["eval_measures"] + parts["eval_files"]
     drift = [tr["floor"]["drift"] for tr in trials]
     print(f"steps against their floor (products and Adam's pass): {steps_vs:.2f}; evaluations against their "
           f"products: {evals / max(floor['eval_products_s'], 1e-9):.2f}")
     print(f"the floor's products after a trial over before it: {min(drift):.2f} to {max(drift):.2f} "
           f"(median {statistics.median(drift):.2f}); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    ratio = run_s / floor_s
     print(f"study_wall_s={wall:.1f}")
+    if args.device != "cpu":
+        return  # no floor on the CPU was sampled
+    ratio = run_s / floor_s
     print(f"study_floor_s={floor_s:.1f}")
     print(f"study_vs_floor={ratio:.2f}")
     if args.no_record:
         return
     from record import record
 
-    values = {"study_vs_floor": ratio, "wall_s": wall, "floor_s": floor_s, "trials": len(trials),
+    values = {"study_vs_floor": ratio, "wall_s": wall, "floor_s": floor_s, "trials": len(trials), "warm_s": warm_s,
               "steps": sum(tr["floor"]["steps"] for tr in trials),
               "evaluations": sum(tr["floor"]["evaluations"] for tr in trials),
               "steps_vs_floor": steps_vs, "load_average": os.getloadavg()[0],

@@ -128,3 +128,65 @@ def test_subnormals_counts_the_moments_below_the_smallest_normal_float(monkeypat
     v = torch.tensor([0.5, tiny / 2, 0.0, 0.0, 0.0, 0.0, 0.0])
     brute = sum(1 for x in m.tolist() + v.tolist() if 0 < abs(x) < tiny)
     assert brute == 4 and subnormals.subnormal_count([{"exp_avg": m, "exp_avg_sq": v}]) == brute
+
+
+@pytest.fixture
+def speed(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import reproduction_speed
+    import study_speed
+    return study_speed, reproduction_speed
+
+
+def test_study_speeds_parts_add_up_to_the_workers_time(speed):
+    """The breakdown partitions the workers' time (wall time times workers): every second of a trial in one
+    part, the dispatch, and the workers' idle time, the client's storage calls counted once."""
+    study_speed, _ = speed
+    trial = {"submitted": 100.0, "received": 131.0, "state": "complete",
+             "floor": {"sample_s": 1.0, "steps": 10, "evaluations": 3},
+             "times": {"started": 100.5, "ended": 130.0, "seconds": 28.5, "before_training": 6.0, "data": 2.0,
+                       "storage_open": 0.5, "steps": 15.0, "compile": 9.0, "eval_map": 3.0, "eval_measures": 0.5,
+                       "eval_files": 0.5, "storage_reports": 0.2, "finish": 1.0, "test_reports": 2.0}}
+    later = dict(trial, submitted=131.5, received=162.5,
+                 times=dict(trial["times"], started=132.0, ended=161.5))  # the same trial, 31.5 s later
+    timings = {"trials": [trial, later], "storage_s": 0.7}
+    parts = study_speed.breakdown(timings, wall=70.0, workers=2)
+    assert sum(parts.values()) == pytest.approx(140.0)
+    assert parts["steps"] == pytest.approx(2 * 6.0) and parts["compile"] == pytest.approx(18.0)
+    assert parts["startup"] == pytest.approx(2 * 3.5) and parts["storage"] == pytest.approx(2 * 0.7 + 0.7)
+    assert parts["other"] == pytest.approx(2 * (28.5 - 6.0 - 15.0 - 4.0 - 1.0 - 2.0 - 0.2))
+
+
+@pytest.mark.parametrize("family", ["mlp", "linear-reference"])
+def test_the_floor_of_a_trial_has_its_models_layers(speed, family):
+    import torch
+
+    from rsgh.book import study
+    from rsgh.method.model import HashModel
+
+    study_speed, _ = speed
+    params = {"feature_scaling": "none", "lr": 1e-3, "batch_size": 32, "train_noise": "uniform", "family": family,
+              "hidden_layers": 2, "width_factor": 2, "recon_sigma": 1.0, "prior": 0.5}
+    if family == "linear-reference":
+        params = {k: params[k] for k in ("feature_scaling", "lr", "batch_size", "train_noise", "family")}
+    cfg = study.trial_config(params, "sgh", "mnist", 16, 2)
+    enc, dec, n = study_speed.model_layers(cfg, 30)
+    ones = torch.ones(30)
+    model = HashModel(30, 16, cfg.hidden_layers, cfg.arch, [0], ones, ones, cfg.hidden_width)
+    assert n == sum(p.numel() for p in model.parameters())
+    assert enc[0][0] == 30 and enc[-1][1] == 16 and dec[0][0] == 16 and dec[-1][1] == 30
+    if family == "mlp":
+        assert enc == [(30, 32), (32, 16), (16, 16)]
+    for call in study_speed.floor_calls(cfg, 30).values():
+        call()
+
+
+def test_reproduction_speed_executes_one_page_of_the_plan_with_its_changes(speed, tmp_path):
+    from rsgh.book.reproduce import pages
+
+    _, reproduction_speed = speed
+    plan = reproduction_speed.one_page_plan(tmp_path, "mnist_pixels", "quick", {"epochs": 3, "bits": [16]})
+    (name, source, parameters), = pages(plan, "quick")
+    assert name == "mnist_pixels" and source == tmp_path / "retrieval.ipynb" and source.exists()
+    assert parameters["epochs"] == 3 and parameters["bits"] == [16] and parameters["mode"] == "train"
+    assert parameters["seeds"] == [0]
