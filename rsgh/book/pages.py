@@ -136,3 +136,33 @@ def untrained_runs(finals: pd.DataFrame, included_in: str = "the means above") -
     runs = ", ".join(f"{r.method} at K = {r.bits}, seed {r.seed} (test mAP {r.map:.3f})" for r in dead.itertuples())
     return (f" **{len(dead)} of {len(finals)} runs ended with no active code unit** (activity above 0.01 for no "
             f"bit): {runs}. They are in {included_in}.")
+
+
+def dead_units(dirs, finals: pd.DataFrame, best: bool = False) -> pd.DataFrame:
+    """Per run: the fraction of its encoder's ReLU units that are dead (silent on every database image),
+    layer by layer, beside whether the run trained (some active code unit); from its retrieval report."""
+    from ..train.rundir import RunDir
+
+    rows = []
+    for d, run in zip(dirs, finals.to_dict("records")):
+        report = RunDir(d).read_retrieval(best=best) or {}
+        layers = report.get("dead_units")
+        if layers is None:
+            continue
+        rows.append({"method": run["method"], "K": run["bits"], "seed": run["seed"],
+                     "trained": "yes" if run["active_units_001"] > 0 else "no",
+                     **{f"layer {i + 1} dead": v for i, v in enumerate(layers)}})
+    return pd.DataFrame(rows)
+
+
+def dead_units_sentence(table: pd.DataFrame) -> str:
+    """What the dead units say about the runs that never trained ('' when every run trained)."""
+    if table.empty or (table["trained"] == "yes").all():
+        return ""
+    last = [c for c in table.columns if c.endswith(" dead")][-1]
+    dead, alive = table[table["trained"] == "no"], table[table["trained"] == "yes"]
+    text = (f"The {len(dead)} run(s) that never trained have on average {dead[last].mean():.0%} of the encoder's last "
+            f"hidden layer dead (units silent on every database image)")
+    if len(alive):
+        text += f", against {alive[last].mean():.0%} for the runs that trained"
+    return text + ": with that layer dead, the codes no longer depend on the image."
