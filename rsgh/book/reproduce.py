@@ -129,7 +129,7 @@ def run_plan(plan_path: str | Path, profile: str, out_dir: str | Path, only: Seq
     selected = pages(plan_path, profile, only)
     for var in BLAS_THREADS:  # the kernels inherit it (a value the user set is kept)
         os.environ.setdefault(var, "1")
-    records, start = [], time.perf_counter()
+    records, start, total_runs = [], time.perf_counter(), 0
     for i, (name, source, parameters) in enumerate(selected, 1):
         if extra_parameters:  # to the pages that declare them (papermill warns of any other)
             declared = pm.inspect_notebook(str(source))
@@ -150,10 +150,17 @@ def run_plan(plan_path: str | Path, profile: str, out_dir: str | Path, only: Seq
         _hide_injected_parameters(target)
         strip_stderr(target)  # warnings and log lines (with this machine's paths) are not part of the page
         seconds = time.perf_counter() - t0
-        print(f"[{i}/{len(selected)}] {name}: done in {seconds:.0f} s ({(time.perf_counter() - start) / 60:.1f} "
-              f"min so far)", flush=True)
+        trained = _runs_finished_since(Path(cwd) / str(parameters.get("runs_dir", "runs")), time.time() - seconds)
+        total_runs += trained
+        print(f"[{i}/{len(selected)}] {name}: done in {seconds:.0f} s, {trained} run(s) trained "
+              f"({(time.perf_counter() - start) / 60:.1f} min and {total_runs} runs so far)", flush=True)
         records.append({"notebook": name, "status": "executed", "seconds": seconds})
     return records
+
+
+def _runs_finished_since(runs_dir: Path, since: float) -> int:
+    """Run folders under ``runs_dir`` that finished (wrote their summary) after ``since`` (a time.time())."""
+    return sum(1 for p in runs_dir.glob("*/*/summary.json") if p.stat().st_mtime >= since) if runs_dir.is_dir() else 0
 
 
 def _left(remaining: list, expected: dict | None) -> str:
