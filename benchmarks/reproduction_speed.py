@@ -5,7 +5,9 @@ executes it (papermill, one local Dask cluster of ``--workers`` single-threaded 
 the trained runs in a fresh folder), with the profile's parameters changed by ``--set KEY=VALUE`` (YAML
 values: ``--set bits=[32]``), once for each of ``--epochs`` (the page's ``epochs`` parameter), in a
 temporary folder: a copy of the page's notebook beside a plan of that one page (never the published
-book, the results store or ``runs/``).
+book, the results store or ``runs/``). Each execution starts its own cluster (part of its time) and,
+with ``--inductor-cache cold`` (the default), compiles into an empty inductor cache, as a reproduction
+on a fresh machine does.
 
 For each execution it prints the page's wall time, the training's share (the runs' own wall times, per
 worker) and the floor of the work the page's runs did: every step's matrix products plus one fused Adam
@@ -24,7 +26,8 @@ executions of one page, of the long one.
 run's training on the GPU (the floor stays the CPU's, one thread).
 
     python benchmarks/reproduction_speed.py [--page mnist_pixels] [--profile quick] [--set bits=[32]]
-        [--epochs 2 6] [--workers 2] [--device cpu|cuda|auto] [--label TEXT] [--no-record] [--keep DIR]
+        [--epochs 2 6] [--workers 2] [--device cpu|cuda|auto] [--inductor-cache cold|as-is] [--label TEXT]
+        [--no-record] [--keep DIR]
 
 Needs the data root (``RSGH_DATA`` or ``--data-root``). Appends a record to
 ``results/benchmarks/reproduction_speed.json`` (unless ``--no-record``).
@@ -131,6 +134,9 @@ def main():
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
                    help="RSGH_DEVICE of the execution (make reproduce DEVICE=...)")
     p.add_argument("--data-root", default=os.environ.get("RSGH_DATA"))
+    p.add_argument("--inductor-cache", choices=["cold", "as-is"], default="cold",
+                   help="inductor's disk cache: 'cold' (an empty one for each execution, as on a fresh machine) or "
+                        "'as-is' (this machine's)")
     p.add_argument("--keep", help="a folder to keep the executions in (default: a temporary one, removed)")
     p.add_argument("--label", default="")
     p.add_argument("--no-record", action="store_true")
@@ -144,20 +150,25 @@ def main():
     os.environ["RSGH_WORKERS"] = str(args.workers)
     os.environ["RSGH_DEVICE"] = args.device
     folder = Path(args.keep or tempfile.mkdtemp(prefix="rsgh-reproduction-speed-"))
-    from rsgh.book.reproduce import _use_cluster, load_plan, pages
+    from rsgh.book import schedule
+    from rsgh.book.reproduce import _use_cluster, pages
 
-    t = time.time()
-    _use_cluster(None)  # one local cluster, as reproduce starts it; the pages' kernels connect to it
-    cluster_s = time.time() - t
     rows = []
     epochs_list = [None] if args.profile == "render" else args.epochs
-    for epochs in epochs_list:
-        tag = "render" if epochs is None else f"e{epochs}"
+    for i, epochs in enumerate(epochs_list):
+        tag = f"{i}-" + ("render" if epochs is None else f"e{epochs}")
         plan = one_page_plan(folder / tag, args.page, args.profile,
                              {**changes, **({} if epochs is None else {"epochs": epochs})})
         runs_dir = folder / tag / "runs"
-        wall = execute(plan, args.page, args.profile, folder / tag / "out", runs_dir, args.data_root)
-        row = {"epochs": epochs, "wall_s": wall}
+        if args.inductor_cache == "cold":  # the workers, started below, inherit it
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder / tag / "inductor")
+        t = time.time()
+        os.environ.pop("RSGH_SCHEDULER", None)  # the last execution's, closed
+        _use_cluster(None)  # one local cluster, as reproduce starts it; the page's kernel connects to it
+        cluster_s = time.time() - t
+        wall = cluster_s + execute(plan, args.page, args.profile, folder / tag / "out", runs_dir, args.data_root)
+        schedule._close()
+        row = {"epochs": epochs, "wall_s": wall, "cluster_s": cluster_s}
         if epochs is not None:
             work = runs_work(runs_dir, args.data_root)
             floor = floor_seconds(work)
@@ -166,7 +177,8 @@ def main():
                        floor_s=sum(floor.values()) / args.workers)
             row["vs_floor"] = wall / row["floor_s"]
         rows.append(row)
-        print(f"{args.page} ({args.profile}{'' if epochs is None else f', {epochs} epochs'}): {wall:.1f} s"
+        print(f"{args.page} ({args.profile}{'' if epochs is None else f', {epochs} epochs'}): {wall:.1f} s (its "
+              f"cluster's start {cluster_s:.1f} s)"
               + ("" if epochs is None else
                  f"; {row['runs']} runs, {row['steps']:,} steps, their training {row['train_s']:.1f} worker-s; floor "
                  f"{row['floor_s']:.1f} s on {args.workers} workers (products {row['products_s']:.1f}, Adam's pass "
@@ -175,8 +187,7 @@ def main():
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
     print(f"page_wall_s={rows[-1]['wall_s']:.1f}")
-    values = {"page": args.page, "profile": args.profile, "device": args.device, "cluster_s": cluster_s,
-              "load_average": os.getloadavg()[0]}
+    values = {"page": args.page, "profile": args.profile, "device": args.device, "load_average": os.getloadavg()[0]}
     if args.profile == "render":
         values["render_s"] = rows[0]["wall_s"]
         print(f"render_s={rows[0]['wall_s']:.1f}")

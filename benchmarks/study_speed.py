@@ -137,6 +137,7 @@ def floored_trial(cfg, out, data_root, folder, study_name, trial_id, runtime):
     from rsgh.book.study import run_trial
     from rsgh.train.rundir import RunDir
 
+    begun = time.time()
     torch.set_num_threads(1)
     on_cpu = runtime is None or runtime.device == "cpu"  # a GPU's trials: their wall time only
     t = time.perf_counter()
@@ -160,7 +161,8 @@ def floored_trial(cfg, out, data_root, folder, study_name, trial_id, runtime):
         result["floor"].update(products_s=steps * per_call["products"], adam_s=steps * per_call["adam"],
                                eval_products_s=evals * eval_s,
                                drift=after["products"] / before["products"] if before else 1.0)
-    result["times"]["ended"] = time.time()
+    result["times"].update(started=begun, ended=time.time())  # the task's, samples included
+    result["shape"] = (cfg.arch, cfg.hidden_layers, cfg.hidden_width, cfg.batch_size, cfg.feature_scaling)
     return result
 
 
@@ -279,6 +281,13 @@ def main():
           f"{sum(tr['floor']['evaluations'] for tr in trials)} evaluations; best validation mAP {best['validation_map']:.4f}")
     print(f"wall {wall:.1f} s on {workers} workers (the cluster's start, {cluster_s:.1f} s, and the client's "
           f"first data load, {timings.get('data_s', 0):.1f} s, before it); without the floor's samples {run_s:.1f} s")
+    print(f"\n{'trial':>5s} {'state':9s} {'epochs':>6s} {'steps':>6s} {'compile s':>9s} {'steps s':>8s} {'floor s':>8s}"
+          "  shape (arch, hidden layers, width, batch, scaling)")
+    for tr in sorted(trials, key=lambda tr: tr["number"]):
+        t, f = tr["times"], tr["floor"]
+        print(f"{tr['number']:5d} {tr['state']:9s} {tr['epochs']:6g} {f['steps']:6d} {t.get('compile', 0):9.1f} "
+              f"{t.get('steps', 0) - t.get('compile', 0):8.1f} {f['products_s'] + f['adam_s'] + f['eval_products_s']:8.1f}"
+              f"  {tr.get('shape', '')}")
     print(f"\n{'part':70s} {'worker-s':>9s} {'share':>6s} {'per trial':>9s}")
     total = wall * workers
     for name, what in PARTS:

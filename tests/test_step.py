@@ -315,7 +315,8 @@ def test_compiled_step_called_directly_equals_dynamo_bit_for_bit(monkeypatch):
 
 @pytest.mark.slow
 def test_gpu_check_dry_run_passes_and_writes_its_results(tmp_path):
-    """benchmarks/gpu_check.sh --dry-run: the GPU check's steps on the CPU at toy sizes (about 2 minutes)."""
+    """benchmarks/gpu_check.sh --dry-run: the GPU check's steps on the CPU at toy sizes (under 3 minutes on
+    2 idle cores): the device tests, the throughput, an E2 run, a page of the book and a 2-trial study."""
     import os
     import subprocess
     from pathlib import Path
@@ -326,11 +327,14 @@ def test_gpu_check_dry_run_passes_and_writes_its_results(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = tmp_path / "gpu_check"
     summary = (results / "summary.txt").read_text()
-    for line in ("device=cpu dry_run=1", "tests=passed", "throughput=passed", "e2_k64=passed", "gpu_check_status=0"):
+    for line in ("device=cpu dry_run=1", "tests=passed", "throughput=passed", "e2_k64=passed", "page_cpu=passed",
+                 "study_cpu=passed", "gpu_check_status=0"):
         assert line in summary, summary
     assert "3 passed" in (results / "tests.log").read_text()
     assert "model-steps/s" in (results / "throughput.log").read_text()
     assert {"summary.json", "retrieval.json"} <= {p.name for p in (results / "e2-k64" / "rsgh").iterdir()}
+    for name in ("page_cpu_s", "study_cpu_s"):  # their wall times, read from the benchmarks' output
+        assert float(summary.split(f"{name}=")[1].split()[0]) > 0, summary
 
 
 @pytest.mark.slow
