@@ -284,7 +284,10 @@ def _publish(plan, only: Sequence[str], scheduler: str | None, published: Path, 
     """Make what the store lacks (mode publish), then render every page from the store into the book."""
     _use_cluster(scheduler)
     making = ROOT / "reproduction" / "publish"
-    selected = [name for name, _, params in pages(plan, BOOK, only) if "mode" in params]
+    import papermill as pm
+
+    # the pages whose notebook reads from the store (a page lists only the parameters it changes)
+    selected = [name for name, source, _ in pages(plan, BOOK, only) if "mode" in pm.inspect_notebook(str(source))]
     extra = {"mode": "publish", **({"runs_dir": str(runs_dir)} if runs_dir else {})}
     if selected:
         run_plan(plan, BOOK, making, selected, extra_parameters=extra)
