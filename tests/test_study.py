@@ -221,3 +221,30 @@ def test_a_study_writes_only_into_a_folder_of_its_own(tmp_path):
 
     with pytest.raises(ValueError, match="inside the published book"):
         check_study_folder(BOOK / "studies", "mnist-k64-rsgh")
+
+
+def test_a_widened_range_is_recorded_and_the_optimum_judged_in_the_range_searched(tmp_path, monkeypatch):
+    """A study that ran with a narrow recon_sigma range and continues with a wider one: the journal records
+    after how many trials which range changed, and a best value at the old edge is judged by the new range."""
+    from rsgh.book import search
+
+    narrow = dict(st.RANGES, recon_sigma=(1e-2, 1e2, True))
+    monkeypatch.setattr(st, "RANGES", narrow)
+    study = st.open_study("rsgh", "mnist", 64, tmp_path)
+    st.record_ranges(study)
+    dist = optuna.distributions.FloatDistribution(1e-2, 1e2, log=True)
+    study.add_trial(optuna.trial.create_trial(params={"recon_sigma": 0.0187}, distributions={"recon_sigma": dist},
+                                              value=0.46))
+    assert st.edge_values(study) == {"recon_sigma": [0.0187, 1e-2, 1e2]}
+    monkeypatch.setattr(st, "RANGES", dict(narrow, recon_sigma=(1e-4, 1e2, True)))
+    st.record_ranges(study)
+    again = st.open_study("rsgh", "mnist", 64, tmp_path, create=False)
+    assert again.user_attrs["range_history"] == [{"after_trials": 1, "changed": {
+        "recon_sigma": {"from": [1e-2, 1e2, True], "to": [1e-4, 1e2, True]}}}]
+    assert st.edge_values(again) == {}  # 0.0187 lies at 0.38 of [1e-4, 1e2] in log scale
+    assert "after 1 trials, `recon_sigma` from [0.01, 100] to [0.0001, 100]" in search.history_text({"rsgh": again})
+    table = search.ranges_table({"rsgh": again})
+    row = table[table.parameter == "recon_sigma"].iloc[0]
+    assert "widened from 0.01 to 100" in row["range"] and row["R-SGH"] == "0.0187 (0.38)"
+    st.record_ranges(again)  # the same ranges again: nothing appended
+    assert len(st.open_study("rsgh", "mnist", 64, tmp_path, create=False).user_attrs["range_history"]) == 1

@@ -32,25 +32,44 @@ def budget_table(studies: dict) -> pd.DataFrame:
 
 
 def ranges_table(studies: dict) -> pd.DataFrame:
-    """One row per continuous parameter: its range and scale, and each arm's best value with where it lies
-    in the range (0 = low end, 1 = high end; in log scale for a log range; a best value in the outer tenth
-    is marked "edge")."""
+    """One row per continuous parameter: the range searched and its scale (widened ranges: from what), and
+    each arm's best value with where it lies in the range (0 = low end, 1 = high end; in log scale for a log
+    range; a best value in the outer tenth is marked "edge")."""
     rows = []
-    for name, (low, high, log) in st.RANGES.items():
-        row = {"parameter": name, "range": f"{low:g} to {high:g}", "scale": "log" if log else "linear"}
-        used = False
+    for name in st.RANGES:
+        row, used = {"parameter": name}, False
         for arm, study in studies.items():
+            low, high, log = st.study_ranges(study).get(name, st.RANGES[name])
+            row["range"], row["scale"] = f"{low:g} to {high:g}", "log" if log else "linear"
+            widened = [h["changed"][name]["from"] for h in study.user_attrs.get("range_history", [])
+                       if name in h["changed"]]
+            if widened:
+                row["range"] += f" (widened from {widened[0][0]:g} to {widened[0][1]:g})"
             value = study.best_trial.params.get(name)
             if value is None:
                 row[st.ARMS[arm]] = "—"
                 continue
             used = True
-            dist = study.best_trial.distributions[name]
-            where = position(value, dist.low, dist.high, dist.log)
+            where = position(value, low, high, log)
             row[st.ARMS[arm]] = f"{value:.3g} ({where:.2f}{', edge' if where < 0.1 or where > 0.9 else ''})"
         if used:
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def history_text(studies: dict) -> str:
+    """A sentence per study whose range was widened during the search: after how many trials, which range."""
+    out = []
+    for arm, study in studies.items():
+        for h in study.user_attrs.get("range_history", []):
+            what = ", ".join(f"`{k}` from [{v['from'][0]:g}, {v['from'][1]:g}] to [{v['to'][0]:g}, {v['to'][1]:g}]"
+                             for k, v in h["changed"].items())
+            out.append(f"{st.ARMS[arm]}: after {h['after_trials']} trials, {what}")
+    if not out:
+        return ""
+    return ("**Extended searches.** A best value fell in the outer tenth of a range, so the range was widened and "
+            "the studies continued (every arm of this dataset, with the same number of further trials): "
+            + "; ".join(out) + ".")
 
 
 def position(value: float, low: float, high: float, log: bool) -> float:
@@ -88,7 +107,8 @@ def ranges_figure(studies: dict):
     looks = style.looks(list(dict.fromkeys(frame["arm"])))
     fig, axes, _ = style.subplots(len(names), 2)
     for ax, name in zip(axes, names):
-        low, high, log = st.RANGES[name]
+        low, high, log = max((st.study_ranges(s).get(name, st.RANGES[name]) for s in studies.values()),
+                             key=lambda r: r[1] / r[0] if r[2] else r[1] - r[0])
         for arm, part in frame.dropna(subset=[name, "value"]).groupby("arm", sort=False):
             look = looks[arm]
             ax.scatter(part[name], part["value"], s=10, alpha=0.55, color=look["color"], marker=look["marker"],
