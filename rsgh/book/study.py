@@ -279,6 +279,18 @@ def _requeue_interrupted(study) -> None:
             waiting.append(t.params)
 
 
+def _continue(arm: str, dataset: str, bits: int, max_epochs: int, folder: Path):
+    """The study in ``folder`` (checked to be this study's, then created or continued) with its ranges and
+    budget recorded and the trials a killed process left running asked again."""
+    check_study_folder(folder, study_name(arm, dataset, bits))
+    study = open_study(arm, dataset, bits, folder)
+    record_ranges(study)
+    study.set_user_attr("max_epochs", max_epochs)
+    study.set_user_attr("patience", PATIENCE)
+    _requeue_interrupted(study)
+    return study
+
+
 def run_study(arm: str, dataset: str, bits: int, trials: int, max_epochs: int, folder: str | Path,
               scratch: str | Path | None = None, data_root=None, scheduler: str | None = None,
               progress: bool = True, runtime: Runtime | None = None, timings: dict | None = None,
@@ -298,16 +310,11 @@ def run_study(arm: str, dataset: str, bits: int, trials: int, max_epochs: int, f
     from .schedule import get_client, n_workers
 
     folder = Path(folder)
-    check_study_folder(folder, study_name(arm, dataset, bits))
     timings = {} if timings is None else timings
     timings.update(trials=[], storage_s=0.0, submit_s=0.0)
     clock = time.perf_counter()
-    study = open_study(arm, dataset, bits, folder)
+    study = _continue(arm, dataset, bits, max_epochs, folder)
     trials_dir = Path(scratch or "studies") / study.study_name / "trials"
-    record_ranges(study)
-    study.set_user_attr("max_epochs", max_epochs)
-    study.set_user_attr("patience", PATIENCE)
-    _requeue_interrupted(study)
     timings["storage_s"] += time.perf_counter() - clock
     client = get_client(scheduler)
     # the features computed (GIST) and cached once, here, not by every worker at once
