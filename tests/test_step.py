@@ -314,6 +314,34 @@ def test_compiled_step_called_directly_equals_dynamo_bit_for_bit(monkeypatch):
 
 
 @pytest.mark.slow
+def test_a_graph_from_aotautogradss_cache_is_called_directly_with_the_same_numbers():
+    """After dynamo's cache is emptied, a group of the same shape gets its graph from AOTAutograd's disk
+    cache (the step allows it the stochastic neuron's autograd.Function), still calls it without dynamo
+    after two steps, and computes what the first group computed, to the bit."""
+    from torch._dynamo.utils import counters
+
+    def run():
+        configs = [make_config(None, dict(c.to_dict(), bits=8)) for c in cfgs()]
+        model = HashModel(20, 8, 2, seeds=[c.seed for c in configs])
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+        lam = torch.zeros(2, 8)
+        s = step.make_step(model, opt, GroupSpec.from_configs(configs), lam, compiled=True)
+        gen = torch.Generator().manual_seed(0)
+        parts = torch.cat([s(torch.rand(32, 20, generator=gen), torch.rand(2, 32, 8, generator=gen)) for _ in range(6)])
+        return parts, {k: v.detach().clone() for k, v in model.params.items()}, lam.clone(), s.calls_graph_directly()
+
+    torch._dynamo.reset()
+    first = run()
+    torch._dynamo.reset()
+    hits = counters["aot_autograd"]["autograd_cache_hit"]
+    again = run()
+    assert counters["aot_autograd"]["autograd_cache_hit"] == hits + 1
+    assert first[3] and again[3]
+    assert torch.equal(first[0], again[0]) and torch.equal(first[2], again[2])
+    assert all(torch.equal(again[1][k], v) for k, v in first[1].items())
+
+
+@pytest.mark.slow
 def test_gpu_check_dry_run_passes_and_writes_its_results(tmp_path):
     """benchmarks/gpu_check.sh --dry-run: the GPU check's steps on the CPU at toy sizes (under 3 minutes on
     2 idle cores): the device tests, the throughput, an E2 run, a page of the book and a 2-trial study."""
