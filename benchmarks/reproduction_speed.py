@@ -14,19 +14,23 @@ worker) and the floor of the work the page's runs did: every step's matrix produ
 pass over the model's parameters (``study_speed.floor_calls``), plus the products of every evaluation
 (the encoder over the database and the selection queries, encoder and decoder over the selection
 queries) and of the test-query reports at the end (the encoder over the database and the test
-queries, for the best and the final model), timed here in turns right after the execution, one thread,
-summed over the runs and divided by the workers. ``reproduction_vs_floor`` is the wall time over that
-floor. Two or more ``--epochs`` fit the wall time and the floor as linear in the epochs (what a page
-pays once: the kernel, the cluster, the data, compiling, its figures; what it pays per epoch), and the
-ratio is extrapolated to the profile's own epochs (``quick``: the page's 200): an estimate, from short
-executions of one page, of the long one.
+queries, for the best and the final model), timed in turns right after the execution by every worker
+at once (as the training kept them busy at once), one thread each, summed over the runs and divided by
+the workers; and the workers' own seconds by phase
+(``rsgh.train.step.PHASES``). ``reproduction_vs_floor`` extrapolates the longest execution to the
+profile's own epochs (``quick``: the page's 200): what grows with the epochs (the steps, their compiled
+first calls apart, and the evaluations, in worker-seconds) scaled to them, the rest of the page's wall
+time (its kernel, cluster, data, compiling, baselines, test-query reports, figures) as it was, against
+the floor scaled likewise: an estimate, from a short execution of one page, of the long one. (A fit of
+the wall time over two executions was tried first: the compiling's spread on a loaded machine, tens of
+seconds, swamped the epochs' difference.)
 
 ``--profile render`` trains nothing: it prints the page's time (and ``--epochs`` is not used).
 ``--device cuda`` executes the page with ``RSGH_DEVICE=cuda`` (``make reproduce DEVICE=cuda``): every
 run's training on the GPU (the floor stays the CPU's, one thread).
 
     python benchmarks/reproduction_speed.py [--page mnist_pixels] [--profile quick] [--set bits=[32]]
-        [--epochs 2 6] [--workers 2] [--device cpu|cuda|auto] [--inductor-cache cold|as-is] [--label TEXT]
+        [--epochs 6] [--workers 2] [--device cpu|cuda|auto] [--inductor-cache cold|as-is] [--label TEXT]
         [--no-record] [--keep DIR]
 
 Needs the data root (``RSGH_DATA`` or ``--data-root``). Appends a record to
@@ -39,7 +43,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -87,27 +90,57 @@ def runs_work(runs_dir: Path, data_root) -> list[dict]:
     return out
 
 
-def floor_seconds(work: list[dict], seconds: float = 0.05) -> dict:
-    """Worker-seconds of the floor of ``work`` (:func:`runs_work`): products, Adam's pass, evaluations'
-    and reports' products; each distinct shape timed in turns here, one thread."""
+def per_call_seconds(shapes: list, seconds: float = 0.05) -> dict:
+    """Seconds of one call of each of ``study_speed.floor_calls`` for each shape ``(cfg, input dim)``, timed
+    in turns here, one thread."""
     from rsgh.train.step import timed_rates
-    from study_speed import ROWS, floor_calls  # benchmarks/ is on sys.path
+    from study_speed import floor_calls  # benchmarks/ is on sys.path (the workers inherit it)
 
     torch.set_num_threads(1)
-    per_call, total = {}, {"products_s": 0.0, "adam_s": 0.0, "eval_products_s": 0.0}
+    out = {}
+    for i, (cfg, dim) in enumerate(shapes):
+        out[i] = {k: 1 / r for k, r in timed_rates(floor_calls(cfg, dim), seconds, warmup=3)[0].items()}
+    return out
+
+
+def _key(w: dict) -> tuple:
+    c = w["cfg"]
+    return (c.arch, c.hidden_layers, c.hidden_width, c.bits, c.batch_size, w["dim"])
+
+
+def floor_seconds(work: list[dict], client=None) -> dict:
+    """Worker-seconds of the floor of ``work`` (:func:`runs_work`): products, Adam's pass, evaluations'
+    and reports' products. Each distinct shape is timed by every worker of ``client`` at once (as the
+    training had its workers busy at once; the mean of theirs), else here."""
+    from study_speed import ROWS
+
+    keys = list(dict.fromkeys(_key(w) for w in work))
+    shapes = [next((w["cfg"], w["dim"]) for w in work if _key(w) == k) for k in keys]
+    if client is not None:
+        runs = list(client.run(per_call_seconds, shapes).values())
+        timed = {i: {k: sum(r[i][k] for r in runs) / len(runs) for k in runs[0][i]} for i in range(len(keys))}
+    else:
+        timed = per_call_seconds(shapes)
+    per_call = {k: timed[i] for i, k in enumerate(keys)}
+    total = {"products_s": 0.0, "adam_s": 0.0, "eval_products_s": 0.0}
     for w in work:
-        c = w["cfg"]
-        key = (c.arch, c.hidden_layers, c.hidden_width, c.bits, c.batch_size, w["dim"])
-        if key not in per_call:
-            rates = timed_rates(floor_calls(c, w["dim"]), seconds, warmup=3)[0]
-            per_call[key] = {k: 1 / r for k, r in rates.items()}
-        t = per_call[key]
+        t = per_call[_key(w)]
         total["products_s"] += w["steps"] * t["products"]
         total["adam_s"] += w["steps"] * t["adam"]
         evaluation = ((w["database"] + 2 * w["selection"]) * t["encoder"] + w["selection"] * t["decoder"]) / ROWS
         report = (w["database"] + w["test"]) * t["encoder"] / ROWS
         total["eval_products_s"] += w["evaluations"] * evaluation + w["reports"] * report
     return total
+
+
+def _worker_phases() -> dict:
+    """This worker's seconds by phase of its trainings since it started (``rsgh.train.step.PHASES``)."""
+    from rsgh.train.step import PHASES
+
+    return dict(PHASES.seconds)
+
+
+SCALING = ("eval_map", "eval_measures", "eval_files")  # phases that grow with the epochs, with the steps
 
 
 def execute(plan: Path, page: str, profile: str, out: Path, runs_dir: Path, data_root) -> float:
@@ -128,8 +161,8 @@ def main():
     p.add_argument("--profile", default="quick", choices=["render", "quick", "paper", "full", "smoke"])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a parameter of the page changed (YAML value), e.g. bits=[32]")
-    p.add_argument("--epochs", type=int, nargs="+", default=[2, 6],
-                   help="the page's epochs, one execution each (two or more: the ratio extrapolated)")
+    p.add_argument("--epochs", type=int, nargs="+", default=[6],
+                   help="the page's epochs, one execution each (the last, the longest, is extrapolated)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
                    help="RSGH_DEVICE of the execution (make reproduce DEVICE=...)")
@@ -167,15 +200,24 @@ def main():
         _use_cluster(None)  # one local cluster, as reproduce starts it; the page's kernel connects to it
         cluster_s = time.time() - t
         wall = cluster_s + execute(plan, args.page, args.profile, folder / tag / "out", runs_dir, args.data_root)
-        schedule._close()
-        row = {"epochs": epochs, "wall_s": wall, "cluster_s": cluster_s}
+        phases: dict = {}
+        client = schedule.get_client()
+        for worker in client.run(_worker_phases).values():
+            for k, v in worker.items():
+                phases[k] = phases.get(k, 0.0) + v
+        row = {"epochs": epochs, "wall_s": wall, "cluster_s": cluster_s, "phases": phases}
         if epochs is not None:
             work = runs_work(runs_dir, args.data_root)
-            floor = floor_seconds(work)
+            floor = floor_seconds(work, client if args.device == "cpu" else None)
+        schedule._close()
+        if epochs is not None:
             row.update(floor, runs=len(work), steps=sum(w["steps"] for w in work),
                        train_s=sum(w["train_s"] / w["group"] for w in work),
                        floor_s=sum(floor.values()) / args.workers)
             row["vs_floor"] = wall / row["floor_s"]
+            # what grows with the epochs: the steps (their compiled first calls apart) and the evaluations
+            row["growing_s"] = phases.get("steps", 0.0) - phases.get("compile", 0.0) + sum(phases.get(k, 0.0)
+                                                                                          for k in SCALING)
         rows.append(row)
         print(f"{args.page} ({args.profile}{'' if epochs is None else f', {epochs} epochs'}): {wall:.1f} s (its "
               f"cluster's start {cluster_s:.1f} s)"
@@ -196,20 +238,28 @@ def main():
         values.update({f"wall_s e{r['epochs']}": r["wall_s"] for r in rows})
         values.update({f"floor_s e{r['epochs']}": r["floor_s"] for r in rows})
         values.update({f"vs_floor e{r['epochs']}": r["vs_floor"] for r in rows})
+        values.update({f"growing_s e{r['epochs']}": r["growing_s"] for r in rows})
         last = rows[-1]
         print(f"page_vs_floor={last['vs_floor']:.2f} (at {last['epochs']} epochs)")
-        if len(rows) >= 2 and target:
-            xs = [r["epochs"] for r in rows]
-            slope = lambda ys: statistics.linear_regression(xs, ys)  # noqa: E731
-            wall_b, wall_a = slope([r["wall_s"] for r in rows])
-            floor_b, floor_a = slope([r["floor_s"] for r in rows])
-            at = (wall_a + wall_b * target) / (floor_a + floor_b * target)
-            print(f"fit: wall {wall_a:.0f} s once + {wall_b:.1f} s an epoch; floor {floor_a:.1f} s + {floor_b:.1f} s "
-                  f"an epoch; at the profile's {target} epochs {wall_a + wall_b * target:.0f} s against "
-                  f"{floor_a + floor_b * target:.0f} s (an extrapolation)")
-            print(f"reproduction_vs_floor={at:.2f}")
-            values.update(reproduction_vs_floor=at, extrapolated_to_epochs=target, once_s=wall_a,
-                          per_epoch_s=wall_b, floor_per_epoch_s=floor_b)
+        ph = last["phases"]
+        print("the workers' seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(ph.items())))
+        if target:
+            # The longest execution's parts that grow with the epochs (steps, evaluations: the workers' own
+            # seconds), scaled to the profile's epochs, the rest (kernel, cluster, data, compiling, baselines,
+            # reports, figures) as it was; the floor scaled likewise (all of it grows with the epochs but the
+            # test-query reports' products, a few seconds).
+            scale = target / last["epochs"]
+            once = last["wall_s"] - last["growing_s"] / args.workers
+            wall_at = once + scale * last["growing_s"] / args.workers
+            floor_at = scale * last["floor_s"]
+            print(f"at the profile's {target} epochs: {once:.0f} s once (the page's wall time less its steps and "
+                  f"evaluations per worker) + {scale * last['growing_s'] / args.workers:.0f} s of steps and evaluations "
+                  f"= {wall_at:.0f} s, against a floor of {floor_at:.0f} s (an extrapolation from {last['epochs']} epochs)")
+            print(f"reproduction_vs_floor={wall_at / floor_at:.2f}")
+            values.update(reproduction_vs_floor=wall_at / floor_at, extrapolated_to_epochs=target, once_s=once,
+                          growing_s=last["growing_s"], steps_vs_floor=(ph.get("steps", 0.0) - ph.get("compile", 0.0))
+                          / max(last["products_s"] + last["adam_s"], 1e-9),
+                          **{f"phase_{k}_s": v for k, v in ph.items()})
     if args.no_record:
         return
     from record import record
