@@ -101,17 +101,20 @@ def sample_floor(cfg, data_root) -> dict | None:
 
 def warm_disk_cache(arm: str, dataset: str, bits: int, max_epochs: int, seed: int, trials: int, data_root) -> float:
     """Compile here, once, the steps of the first ``trials`` trials that the study's sampler will ask (TPE's
-    first ten are drawn at random from its seed, whatever the trials' values), so that inductor's disk
-    cache holds their kernels, as it does when a study is run again on a machine; the workers still
-    trace and compile each shape (dynamo, AOTAutograd), and load inductor's kernels from the disk. Returns
-    the seconds it took (not part of the study's time)."""
+    first ten are drawn at random from its seed, whatever the trials' values), a few steps of each through
+    the training loop, so that inductor's and AOTAutograd's disk caches hold their graphs, as they do
+    when a study is run again on a machine; the workers still trace each shape (dynamo) and load the rest
+    from the disk. Returns the seconds it took (not part of the study's time)."""
     import warnings
 
     import optuna
 
+    import numpy as np
+
     from rsgh.book import study
-    from rsgh.config import Runtime
-    from rsgh.train.step import group_step
+    from rsgh.config import Runtime, make_config
+    from rsgh.data.task import TaskData
+    from rsgh.train.loop import train_group
     from rsgh.train.task import task_data
 
     t = time.time()
@@ -120,14 +123,17 @@ def warm_disk_cache(arm: str, dataset: str, bits: int, max_epochs: int, seed: in
         sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
     replay = optuna.create_study(direction="maximize", sampler=sampler)
     runtime = Runtime(progress=False, compile_step=True, device="cpu")
-    dim = None
-    for _ in range(min(trials, 10)):
-        cfg = study.trial_config(study.suggest(replay.ask(), arm), arm, dataset, bits, max_epochs)
-        if dim is None:
-            dim = task_data(dataclasses.replace(cfg, feature_scaling="none"), data_root, progress=False).train_x.shape[1]
-        call, _ = group_step([cfg], dim, runtime)
-        for _ in range(3):
-            call()
+    x = None
+    with tempfile.TemporaryDirectory() as runs:
+        for i in range(min(trials, 10)):
+            cfg = study.trial_config(study.suggest(replay.ask(), arm), arm, dataset, bits, max_epochs)
+            if x is None:
+                dim = task_data(dataclasses.replace(cfg, feature_scaling="none"), data_root, progress=False).train_x.shape[1]
+                x = np.random.default_rng(0).random((4096, dim), dtype=np.float32)
+            # a few steps through the training loop: its graph, as the trial's (AOTAutograd's cache is keyed
+            # by the graph as dynamo traced it; a step timed on its own gave other keys)
+            cfg = make_config(None, dict(cfg.to_dict(), iterations=4, eval_every=4, epochs=0))
+            train_group([cfg], TaskData(x, x[:64]), [Path(runs) / str(i)], runtime)
     torch._dynamo.reset()
     return time.time() - t
 
