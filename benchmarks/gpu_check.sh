@@ -15,9 +15,9 @@
 # STEPS (default 1,2,3,4,5) picks the steps to run, e.g. STEPS=4,5 to run the page and the study again.
 #
 #   bash benchmarks/gpu_check.sh             # on the GPU machine, from the repository root
-#   bash benchmarks/gpu_check.sh --dry-run   # the same steps on the CPU at toy sizes (under 3 minutes; the
-#                                            # E2 step on MNIST pixels, 60 steps; the page and the study
-#                                            # once, on the CPU, eager, one epoch)
+#   bash benchmarks/gpu_check.sh --dry-run   # the same steps on the CPU at toy sizes (the E2 step on MNIST
+#                                            # pixels, 60 steps; the page, 40 steps a model, and the study,
+#                                            # 2 trials of one epoch, once each, on the CPU, eager)
 #
 # The E2 run needs CIFAR-10 under $RSGH_DATA (cifar-10-python.tar.gz or the JPEG copy
 # cifar10-jpeg.tar.gz, 19 MB); without it that step is reported as skipped and the exit status is 3.
@@ -43,13 +43,16 @@ STATUS=0
 STEPS=",${STEPS:-1,2,3,4,5},"
 wanted() { case "$STEPS" in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 if [ $DRY = 1 ]; then
-  DEVICE=cpu; T_TESTS=170; T_BENCH=60; T_E2=170; T_PAGE=170; T_STUDY=170
+  DEVICE=cpu; T_TESTS=170; T_BENCH=60; T_E2=170; T_PAGE=240; T_STUDY=240
   BENCH=(--seconds 0.3 --sizes 1,2,6 --compiled-sizes "")
   # toy sizes: MNIST pixels instead of CIFAR-10 GIST (GIST of 60,000 images alone takes minutes on a CPU)
   E2=(--set iterations=60 --set eval_every=30 --set compile_step=false --set dataset=mnist --set features=pixels
       --set feature_scaling=none)
-  PAGE=(--epochs 1 --set "bits=[16]" --set compile_step=false --workers 2)
-  STUDY=(--trials 2 --max-epochs 1 --workers 2 --eager)
+  # the page: 40 steps of each model at 8 bits (its data, baselines, test-query reports and figures as they
+  # are); the study: 2 trials of one epoch, eager, a sampler seed whose first two trials need no feature scaling
+  PAGE=(--epochs 1 --set "bits=[8]" --set compile_step=false --workers 2
+        --set "overrides={dataset: mnist, features: pixels, feature_scaling: none, iterations: 40, eval_every: 20}")
+  STUDY=(--trials 2 --max-epochs 1 --workers 2 --eager --seed 44)
   COMPARE=()  # on the CPU only: the step once
 else
   DEVICE=cuda; T_TESTS=90; T_BENCH=150; T_E2=220; T_PAGE=240; T_STUDY=240
