@@ -17,7 +17,7 @@ queries) and of the test-query reports at the end (the encoder over the database
 queries, for the best and the final model), timed in turns right after the execution by every worker
 at once (as the training kept them busy at once), one thread each, summed over the runs and divided by
 the workers; and the workers' own seconds by phase
-(``rsgh.train.step.PHASES``). ``reproduction_vs_floor`` extrapolates the longest execution to the
+(``rsgh.train.compiled.PHASES``). ``reproduction_vs_floor`` extrapolates the longest execution to the
 profile's own epochs (``quick``: the page's 200): what grows with the epochs (the steps, their compiled
 first calls apart, and the evaluations, in worker-seconds) scaled to them, the rest of the page's wall
 time (its kernel, cluster, data, compiling, baselines, test-query reports, figures) as it was, against
@@ -134,8 +134,8 @@ def floor_seconds(work: list[dict], client=None) -> dict:
 
 
 def _worker_phases() -> dict:
-    """This worker's seconds by phase of its trainings since it started (``rsgh.train.step.PHASES``)."""
-    from rsgh.train.step import PHASES
+    """This worker's seconds by phase of its trainings since it started (``rsgh.train.compiled.PHASES``)."""
+    from rsgh.train.compiled import PHASES
 
     return dict(PHASES.seconds)
 

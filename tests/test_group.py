@@ -155,15 +155,15 @@ def test_compiled_run_resumes_in_a_new_process(tmp_path, blobs):
 
 @pytest.mark.slow
 def test_compiled_groups_of_many_shapes_in_one_process(tmp_path, blobs, caplog, monkeypatch):
-    """More shapes than the step keeps compiled (rsgh.train.step.STEP_RECOMPILE_LIMIT, 64; 1 here)
+    """More shapes than the step keeps compiled (rsgh.train.compiled.STEP_RECOMPILE_LIMIT, 64; 1 here)
     do not stop training, and dynamo's warning about it, which the step handles, stays out of the log."""
     import logging
 
     import torch._dynamo
 
-    from rsgh.train import step
+    from rsgh.train import compiled
 
-    monkeypatch.setattr(step, "STEP_RECOMPILE_LIMIT", 1)
+    monkeypatch.setattr(compiled, "STEP_RECOMPILE_LIMIT", 1)
     # config.patch, not monkeypatch: undoing a monkeypatch deletes the setting from dynamo's config
     # module, and every later compilation in the process then fails
     with torch._dynamo.config.patch(recompile_limit=1):

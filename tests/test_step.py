@@ -13,7 +13,7 @@ from rsgh.data.task import TaskData
 from rsgh.method.model import HashModel
 from rsgh.method.objective import GroupSpec
 from rsgh.book import schedule
-from rsgh.train import loop, step
+from rsgh.train import compiled, loop, step
 from rsgh.train.loop import train_group
 
 
@@ -299,7 +299,7 @@ def test_compiled_step_called_directly_equals_dynamo_bit_for_bit(monkeypatch):
     runs = {}
     for name in ("direct", "dynamo", "again"):
         if name == "dynamo":
-            monkeypatch.setattr(step, "_settled", lambda seen: None)
+            monkeypatch.setattr(compiled, "_settled", lambda seen: None)
         else:
             monkeypatch.undo()
         model, lam, s = group()

@@ -222,14 +222,14 @@ def run_trial(cfg: Config, out: str, data_root, folder: str, study_name: str, tr
     """A Dask task: train one trial's model (resuming its run folder), reporting to the study.
     Returns its state, best validation mAP, its epoch, the epochs trained and the wall time, and
     ``times``: when it started and ended (``time.time()``), the seconds before its training loop
-    began, and the seconds of each phase of its work (``rsgh.train.step.PHASES``; ``storage_open`` and
+    began, and the seconds of each phase of its work (``rsgh.train.compiled.PHASES``; ``storage_open`` and
     ``storage_reports``: Optuna's journal, read and written for the trial's reports), for
     ``benchmarks/study_speed.py``."""
     import optuna
 
     from ..errors import DivergedError
     from ..train.rundir import RunDir
-    from ..train.step import PHASES
+    from ..train.compiled import PHASES
     from ..train.task import run_group
     from .schedule import tune_worker_process
 

@@ -32,7 +32,8 @@ from ..method.measures import evaluate
 from ..method.model import HashModel
 from ..method.objective import PARTS, GroupSpec, check_group
 from .rundir import DamagedRunError, RunDir, check_state, finished_runs, git_commit, versions
-from .step import PHASES, make_step, pick_device
+from .compiled import PHASES
+from .step import make_step, pick_device
 
 
 def build_model(configs: Sequence[Config], train_x: torch.Tensor) -> HashModel:

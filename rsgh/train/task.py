@@ -23,7 +23,8 @@ from ..eval.retrieval import map_evaluator, model_codes, retrieval_report
 from ..method.measures import dead_units
 from .loop import train_group
 from .rundir import BEST, RunDir, finished_runs
-from .step import PHASES, pick_device
+from .compiled import PHASES
+from .step import pick_device
 
 _LOADED: dict[tuple, TaskData] = {}  # in this process: the data of the tasks run so far (a worker reuses it)
 
