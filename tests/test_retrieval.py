@@ -189,17 +189,15 @@ def test_baselines_table_is_cached_by_what_it_depends_on(tmp_path, folder, monke
 @pytest.mark.slow
 def test_tuned_baselines_choose_each_scaling_by_validation_map_and_report_its_test_map(tmp_path, folder, monkeypatch):
     from rsgh.book import comparison as cmp
-    from rsgh.book import schedule
+    from rsgh.book.store import Source
 
     monkeypatch.setenv("RSGH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("RSGH_WORKERS", "2")
-    monkeypatch.delenv("RSGH_SCHEDULER", raising=False)
-    schedule._close()  # a cluster started by another test has another cache folder
     c = cfg(folder, bits=8, validation_per_class=5)
-    try:
-        test, choice = cmp.tuned_baselines(c, [4, 8], [0, 1])
-    finally:
-        schedule._close()
+    source = Source("publish", tmp_path / "store")
+    test, choice = cmp.tuned_baselines(source, c, [4, 8], [0, 1])
+    assert len(list((tmp_path / "store" / "baselines").glob("*.csv"))) == 4 + len(set(choice["scaling"]))
+    again, _ = cmp.tuned_baselines(Source("render", tmp_path / "store"), c, [4, 8], [0, 1])  # from the store alone
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), test.reset_index(drop=True), check_dtype=False)
     # the same choice made here, serially and without the cache
     val = pd.concat([ex.baselines_table(c, [4, 8], [0, 1], scaling=s, part="validation", cache=False)
                      for s in cmp.SCALINGS])

@@ -248,3 +248,22 @@ def test_a_widened_range_is_recorded_and_the_optimum_judged_in_the_range_searche
     assert "widened from 0.01 to 100" in row["range"] and row["R-SGH"] == "0.0187 (0.38)"
     st.record_ranges(again)  # the same ranges again: nothing appended
     assert len(st.open_study("rsgh", "mnist", 64, tmp_path, create=False).user_attrs["range_history"]) == 1
+
+
+def test_the_trials_prune_with_the_pruner_the_study_declares(tmp_path):
+    """The worker's hook (which decides) and the study as opened use one pruner, PRUNER."""
+    study = st.open_study("sgh", "mnist", 64, tmp_path)
+    hook_study = []
+    import optuna
+
+    real = optuna.load_study
+    try:
+        optuna.load_study = lambda **kw: hook_study.append(kw) or real(**kw)
+        trial = study.ask()
+        st._report_hook(str(tmp_path), study.study_name, trial._trial_id)
+    finally:
+        optuna.load_study = real
+    for pruner in (study.pruner, hook_study[0]["pruner"]):
+        assert isinstance(pruner, optuna.pruners.MedianPruner)
+        assert (pruner._n_startup_trials, pruner._n_warmup_steps) == (st.PRUNER["n_startup_trials"],
+                                                                      st.PRUNER["n_warmup_steps"])

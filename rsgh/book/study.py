@@ -36,6 +36,11 @@ from ..config import Config, Runtime, make_config
 from ..files import atomic_text
 
 PATIENCE = 5  # evaluations (epochs) without a better validation mAP before a trial stops
+# The median pruner, as the trials (in the workers, where it decides) apply it: once 5 trials have finished, a
+# trial whose validation mAP at an epoch is below the median of the earlier trials' at that epoch stops, from
+# its first epoch on. (The round's studies were declared with 6 start-up trials and 2 epochs of warm-up, but the
+# workers loaded the study without its pruner, so Optuna's default, these values, decided every study alike.)
+PRUNER = {"n_startup_trials": 5, "n_warmup_steps": 0}
 ARMS = {"sgh": "SGH", "sgh-arch": "SGH, R-SGH's architecture", "rsgh": "R-SGH"}  # arm -> label
 DATASETS = {  # the data of a study: dataset, features and their split (the test queries of the pages)
     "cifar10": dict(dataset="cifar10", features="gist", queries_per_class=100, validation_per_class=100),
@@ -157,7 +162,7 @@ def open_study(arm: str, dataset: str, bits: int, folder: str | Path, create: bo
     with warnings.catch_warnings():  # multivariate, group and constant_liar are "experimental" (a line each)
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
-    pruner, storage = optuna.pruners.MedianPruner(n_startup_trials=6, n_warmup_steps=2), journal_storage(folder)
+    pruner, storage = optuna.pruners.MedianPruner(**PRUNER), journal_storage(folder)
     if name in optuna.study.get_all_study_names(storage):  # loaded, not created again (that appends a record)
         return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     return optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler, pruner=pruner)
@@ -205,7 +210,8 @@ def _report_hook(folder: str, study_name: str, trial_id: int):
     """A training hook that reports each validation mAP to Optuna and stops a pruned trial."""
     import optuna
 
-    study = optuna.load_study(study_name=study_name, storage=journal_storage(folder))
+    study = optuna.load_study(study_name=study_name, storage=journal_storage(folder),
+                              pruner=optuna.pruners.MedianPruner(**PRUNER))
     trial = optuna.trial.Trial(study, trial_id)
 
     def hook(g, row):
