@@ -126,6 +126,7 @@ def test_render_from_the_store_reproduces_a_page_and_names_a_stored_number_that_
     another folder: every number the same. Then one stored number changed: the render names it."""
     monkeypatch.setenv("RSGH_DATA", str(mnist_root))
     monkeypatch.setenv("RSGH_WORKERS", "1")
+    monkeypatch.delenv("RSGH_SCHEDULER", raising=False)  # the pages' kernels start their own cluster
     own = tmp_path / "store"
     common = {"store": str(own), "runs_dir": str(tmp_path / "runs")}
     run_plan(PLAN, "smoke", tmp_path / "made", only=["e1_mnist_reconstruction"],

@@ -227,6 +227,20 @@ def _write_toc(out: Path) -> None:
 def reproduce(profile: str = "quick", out: str | Path | None = None, plan: str | Path = PLAN, only: Sequence[str] = (),
               scheduler: str | None = None, build: bool = True, published: str | Path = ROOT / "book",
               runs_dir: str | None = None, publish: bool = False) -> int:
+    """:func:`_reproduce`, the scheduler it hands the pages' kernels (``RSGH_SCHEDULER``) taken back after it:
+    a later call in this process starts or finds its own."""
+    before = os.environ.get("RSGH_SCHEDULER")
+    try:
+        return _reproduce(profile, out, plan, only, scheduler, build, published, runs_dir, publish)
+    finally:
+        if before is None:
+            os.environ.pop("RSGH_SCHEDULER", None)
+        else:
+            os.environ["RSGH_SCHEDULER"] = before
+
+
+def _reproduce(profile: str, out, plan, only: Sequence[str], scheduler: str | None, build: bool, published,
+               runs_dir: str | None, publish: bool) -> int:
     """Re-execute the plan into ``out`` (default ``reproduction/<profile>``), compare with the published
     book, write the report and build the reproduction's book. Returns 0 when the misses are consistent
     with chance and no claim changed, else 1 (:mod:`rsgh.book.report`). ``runs_dir``: where trained runs
