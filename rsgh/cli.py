@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import errno
 import json
+import logging
 import os
 import sys
 import warnings
@@ -344,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
+        # the Dask client's event loop, interrupted in the middle of a call, logs its own traceback: not news
+        for name in ("tornado.application", "tornado.general", "distributed", "asyncio"):
+            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
         print("interrupted: rerun the same command (train: with --resume) to continue", file=sys.stderr)
         return 130
     except USER_ERRORS as err:
