@@ -371,7 +371,10 @@ def test_huge_images_in_a_small_archive_take_no_gigabytes(tmp_path):
                                               "image_size=32"))
     assert code == 2
     one_line(err, "its images decode to more than")
-    assert peak < 500 and peak_gist < 1000, f"peak memory {peak:.0f} and {peak_gist:.0f} MiB"  # before: 6 GiB
+    # The bound by design: the training process itself (about 500 MiB with GIST features, measured on 32-pixel
+    # images), the pixels it may keep (64 MiB plus 200 times the 1.5 MB read: 364 MB) and one image being
+    # decoded (its grey source and RGB copy, 256 MB): about 1.1 GiB (measured 0.97 and 1.01). Before: 6 GiB.
+    assert peak < 500 and peak_gist < 1300, f"peak memory {peak:.0f} and {peak_gist:.0f} MiB"
 
 
 @pytest.mark.slow
