@@ -319,6 +319,24 @@ def _need_chromium():
         pytest.skip("chromium not installed (.ci/run installs Debian's chromium)")
 
 
+def stale_pages() -> set[str]:
+    """Pages of the published book not executed from their notebook as it is now, with the book's parameters
+    (test_book's test_book_pages_were_executed_from_the_current_notebooks names them): the previous round's
+    pages, whose wide tables go when they are rendered again."""
+    from rsgh.book.reproduce import finished_with, pages
+
+    return {name for name, source, parameters in pages(ROOT / "notebooks" / "plan.yml", "book")
+            if not finished_with(ROOT / "book" / f"{name}.ipynb", parameters, source)}
+
+
+def split_stale(found: list[str], stale: set[str]) -> tuple[list[str], list[str]]:
+    """(the problems, the overflowing tables of stale pages): a page rendered at this commit must fit."""
+    def old(p):
+        page = p.rsplit(": " + OVERFLOW, 1)[0].rsplit(": ", 1)[-1]
+        return OVERFLOW in p and page.removesuffix(".html") in stale
+    return [p for p in found if not old(p)], [p for p in found if old(p)]
+
+
 @pytest.mark.slow
 def test_published_book_in_a_browser(tmp_path):
     _need_chromium()
@@ -327,11 +345,11 @@ def test_published_book_in_a_browser(tmp_path):
     html, problems = build_book(book)
     found, n = check_book(html)
     assert n >= len(list(book.glob("*.ipynb"))) + len(list(book.glob("*.md"))), n
-    overflow = [p for p in found if OVERFLOW in p]
-    problems += [p for p in found if OVERFLOW not in p]
+    found, overflow = split_stale(found, stale_pages())
+    problems += found
     assert not problems, f"{len(problems)} problem(s) in the published book:\n" + "\n".join(problems)
-    if overflow:  # today's pages have wide tables; the pages are regenerated this round
-        pytest.xfail("pages regenerated this round: " + "; ".join(overflow))
+    if overflow:  # the previous round's pages, not rendered again yet
+        pytest.xfail("pages not rendered at this commit: " + "; ".join(overflow))
 
 
 @pytest.mark.slow
@@ -365,11 +383,16 @@ def test_reproduction_book_in_a_browser(tmp_path, monkeypatch, request):
         finally:
             schedule._close()  # the local cluster it started
         books = [out / "_build" / "html"]
+    stale, overflow = stale_pages() - {"mnist_pixels"}, []  # the pages copied from the published book as they are
     for html in books:
         found, n = check_book(html)
         assert n >= 2 and (html / "reproduction_report.html").exists(), html
+        found, old = split_stale(found, stale)
         problems += [f"{html}: {p}" for p in found]
+        overflow += old
     assert not problems, f"{len(problems)} problem(s) in the reproduction's book:\n" + "\n".join(problems)
+    if overflow:  # the previous round's pages, copied as published
+        pytest.xfail("pages not rendered at this commit: " + "; ".join(overflow))
 
 
 if __name__ == "__main__":  # python tests/test_book_browser.py PATH/_build/html ...

@@ -204,12 +204,18 @@ def report_page(records: list[dict], profile: str, seconds: float, copied: Seque
               "re-executed here. Tolerance: $\\max(3\\,s\\sqrt{1/n_p + 1/n_r},\\ 0.01\\,|\\text{published}|)$, with "
               "$s$ the seed spread and $n_p$, $n_r$ the seeds behind each value; $z$ is the difference in units of "
               "$s\\sqrt{1/n_p + 1/n_r}$.", "",
-              "| page | quantity | published | reproduced | difference | z | tolerance | ok |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in records:
-        rep = "missing" if r["reproduced"] is None else f"{r['reproduced']:.4g}"
-        diff = "" if r["difference"] is None else f"{r['difference']:+.3g}"
-        z = "" if r.get("z") is None else f"{r['z']:+.2f}"
-        lines.append(f"| {r['page']} | `{r['quantity']}` | {r['published']:.4g} | {rep} | {diff} | {z} | "
-                     f"{r['tolerance']:.3g} | {'yes' if r['ok'] else '**no**'} |")
+              "One table per page (its quantities named without the page's prefix), so that each fits the page's "
+              "column.", ""]
+    for page in dict.fromkeys(r["page"] for r in records):
+        lines += [f"## {page}", "", "| quantity | published | reproduced | difference (z) | tolerance | ok |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for r in (r for r in records if r["page"] == page):
+            rep = "missing" if r["reproduced"] is None else f"{r['reproduced']:.4g}"
+            diff = "" if r["difference"] is None else f"{r['difference']:+.3g}"
+            if r.get("z") is not None:
+                diff += f" ({r['z']:+.2f})"
+            name = r["quantity"].removeprefix(f"{page}_")
+            lines.append(f"| `{name}` | {r['published']:.4g} | {rep} | {diff} | {r['tolerance']:.3g} | "
+                         f"{'yes' if r['ok'] else '**no**'} |")
+        lines.append("")
     return "\n".join(lines) + "\n"
