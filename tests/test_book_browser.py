@@ -29,6 +29,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
+from conftest import NOT_YET_RENDERED, page_of
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -319,21 +320,11 @@ def _need_chromium():
         pytest.skip("chromium not installed (.ci/run installs Debian's chromium)")
 
 
-def stale_pages() -> set[str]:
-    """Pages of the published book not executed from their notebook as it is now, with the book's parameters
-    (test_book's test_book_pages_were_executed_from_the_current_notebooks names them): the previous round's
-    pages, whose wide tables go when they are rendered again."""
-    from rsgh.book.reproduce import finished_with, pages
-
-    return {name for name, source, parameters in pages(ROOT / "notebooks" / "plan.yml", "book")
-            if not finished_with(ROOT / "book" / f"{name}.ipynb", parameters, source)}
-
-
 def split_stale(found: list[str], stale: set[str]) -> tuple[list[str], list[str]]:
-    """(the problems, the overflowing tables of stale pages): a page rendered at this commit must fit."""
+    """(the problems, the overflowing tables of the previous round's pages): a page rendered at this commit
+    must fit."""
     def old(p):
-        page = p.rsplit(": " + OVERFLOW, 1)[0].rsplit(": ", 1)[-1]
-        return OVERFLOW in p and page.removesuffix(".html") in stale
+        return OVERFLOW in p and page_of(p) in stale
     return [p for p in found if not old(p)], [p for p in found if old(p)]
 
 
@@ -345,7 +336,7 @@ def test_published_book_in_a_browser(tmp_path):
     html, problems = build_book(book)
     found, n = check_book(html)
     assert n >= len(list(book.glob("*.ipynb"))) + len(list(book.glob("*.md"))), n
-    found, overflow = split_stale(found, stale_pages())
+    found, overflow = split_stale(found, NOT_YET_RENDERED)
     problems += found
     assert not problems, f"{len(problems)} problem(s) in the published book:\n" + "\n".join(problems)
     if overflow:  # the previous round's pages, not rendered again yet
@@ -383,7 +374,7 @@ def test_reproduction_book_in_a_browser(tmp_path, monkeypatch, request):
         finally:
             schedule._close()  # the local cluster it started
         books = [out / "_build" / "html"]
-    stale, overflow = stale_pages() - {"mnist_pixels"}, []  # the pages copied from the published book as they are
+    stale, overflow = NOT_YET_RENDERED - {"mnist_pixels"}, []  # the pages copied from the published book as they are
     for html in books:
         found, n = check_book(html)
         assert n >= 2 and (html / "reproduction_report.html").exists(), html
