@@ -197,3 +197,31 @@ def test_a_task_with_a_real_error_fails_once_with_its_message(cluster, tmp_path)
     assert list(tries.values()) == [1], tries  # run once, not retried
     assert workers == 2  # an error in a task kills no worker
     assert all(p.poll() is None for p in procs)
+
+
+def test_closing_a_cluster_that_never_finishes_closing_takes_bounded_time(monkeypatch):
+    """A study interrupted with Ctrl-C in the middle of a call to the scheduler printed its line and then
+    waited for ever in ``cluster.close()`` (Dask's default has no time limit): ``_close`` gives the client
+    and then the cluster a limit each, and forgets the client."""
+    import threading
+
+    from rsgh.book import schedule
+
+    class Hangs:
+        def __init__(self):
+            self.timeouts = []
+
+        def close(self, timeout=None):
+            self.timeouts.append(timeout)
+            if timeout is None:
+                threading.Event().wait()  # Dask's default: for ever
+            raise TimeoutError
+
+    client, cluster = Hangs(), Hangs()
+    client.cluster = cluster
+    monkeypatch.setattr(schedule, "_CLIENT", client)
+    closing = threading.Thread(target=schedule._close, kwargs={"timeout": 0.1}, daemon=True)
+    closing.start()
+    closing.join(10)
+    assert not closing.is_alive(), "_close waited for ever"
+    assert client.timeouts == [0.1] and cluster.timeouts == [0.1] and schedule._CLIENT is None

@@ -162,14 +162,25 @@ def quiet_settings() -> dict:
     return {k: v for k, v in QUIET.items() if dask.config.get(k) == dask.config.get(k, config=defaults)}
 
 
-def _close() -> None:
+CLOSE_TIMEOUT = 30.0  # seconds for the client and then the local cluster to close
+
+
+def _close(timeout: float = CLOSE_TIMEOUT) -> None:
+    """Close the client and the local cluster it started, each within ``timeout`` seconds. A study
+    interrupted with Ctrl-C in the middle of a call to the scheduler printed its one line and then waited
+    for ever in ``cluster.close()`` (Dask's default has no time limit); past the limit the worker
+    processes, which are this process's children, end with it."""
     global _CLIENT
     if _CLIENT is not None:
         cluster = getattr(_CLIENT, "cluster", None)
-        _CLIENT.close()
-        if cluster is not None:
-            cluster.close()
-        _CLIENT = None
+        client, _CLIENT = _CLIENT, None
+        for closing in (client, cluster):
+            if closing is None:
+                continue
+            try:
+                closing.close(timeout=timeout)
+            except (TimeoutError, OSError, RuntimeError):  # asyncio's TimeoutError is TimeoutError (3.11)
+                pass
 
 
 def n_workers(client) -> int:
