@@ -1,4 +1,5 @@
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,8 @@ NOT_YET_RENDERED = {"ablation", "e2_cifar10_retrieval", "e3_caltech256_retrieval
 
 def page_of(problem: str) -> str:
     """The page a problem line names ("…: study_mnist.html: overflows …" -> "study_mnist")."""
-    for part in problem.split(": "):
-        name = Path(part.strip()).name
-        if name.endswith((".html", ".ipynb", ".md")):
-            return name.rsplit(".", 1)[0]
-    return ""
+    found = re.search(r"([\w-]+)\.(?:html|ipynb|md)\b", problem)
+    return found.group(1) if found else ""
 
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

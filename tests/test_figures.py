@@ -144,6 +144,8 @@ def test_glue_figure_gives_a_caption_and_alt_text(monkeypatch):
     text = shown[0].data
     assert text.startswith("```{glue:figure} e2_val") and ":alt: Two rising curves, R-SGH above SGH." in text
     assert "Validation mAP over epochs." in text and ":name: fig-e2_val" in text
+    # a notebook that several pages run labels its figures by page (a label is the whole book's)
+    assert ":name: fig-mnist-pixels-kl\n" in style.figure_directive("kl", "c", "a", page="mnist-pixels")
     with pytest.raises(ValueError, match="alt text"):
         style.glue_figure("x", figures.curves_over_epochs(_curves(), ["val_map"]), "caption", " ")
     shown.clear()

@@ -34,7 +34,7 @@ def budget_table(studies: dict) -> pd.DataFrame:
 def ranges_table(studies: dict) -> pd.DataFrame:
     """One row per continuous parameter: the range searched and its scale (widened ranges: from what), and
     each arm's best value with where it lies in the range (0 = low end, 1 = high end; in log scale for a log
-    range; a best value in the outer tenth is marked "edge")."""
+    range, in log-odds for a probability; a best value in the outer tenth is marked "edge")."""
     rows = []
     for name in st.RANGES:
         row, used = {"parameter": name}, False
@@ -50,7 +50,7 @@ def ranges_table(studies: dict) -> pd.DataFrame:
                 row[st.ARMS[arm]] = "—"
                 continue
             used = True
-            where = position(value, low, high, log)
+            where = st.position(name, value, low, high, log)
             row[st.ARMS[arm]] = f"{value:.3g} ({where:.2f}{', edge' if where < 0.1 or where > 0.9 else ''})"
         if used:
             rows.append(row)
@@ -70,12 +70,6 @@ def history_text(studies: dict) -> str:
     return ("**Extended searches.** A best value fell in the outer tenth of a range, so the range was widened and "
             "the studies continued (every arm of this dataset, with the same number of further trials): "
             + "; ".join(out) + ".")
-
-
-def position(value: float, low: float, high: float, log: bool) -> float:
-    """Where ``value`` lies in [low, high]: 0 at low, 1 at high (in log scale for a log range)."""
-    f = math.log if log else (lambda v: v)
-    return (f(value) - f(low)) / (f(high) - f(low))
 
 
 def trials_frame(studies: dict) -> pd.DataFrame:
@@ -118,11 +112,8 @@ def ranges_figure(studies: dict):
                        linewidth=0.8, zorder=3)
         if log:
             ax.set_xscale("log")
-            edge = (high / low) ** 0.1
-            spans = [(low, low * edge), (high / edge, high)]
-        else:
-            edge = (high - low) * 0.1
-            spans = [(low, low + edge), (high - edge, high)]
+        spans = [(low, st.position_inverse(name, 0.1, low, high, log)),
+                 (st.position_inverse(name, 0.9, low, high, log), high)]
         for a, b in spans:
             ax.axvspan(a, b, color="0.88", zorder=0)
         ax.set_xlim(low, high)

@@ -55,7 +55,8 @@ DATASETS = {  # the data of a study: dataset, features and their split (the test
 # (each study's journal records its range history, :func:`record_ranges`). prior was searched on 0.05..0.95 in
 # linear scale: Fashion-MNIST's SGH and SGH-architecture studies ended at 0.083 and 0.051, in the outer tenth,
 # towards a natural bound (0 keeps no bit on): it is searched in log scale from 1e-3 since, and the Fashion-MNIST
-# studies were extended (MNIST's ended inside their linear range and keep it).
+# studies were extended (MNIST's ended inside their linear range and keep it). Where a prior lies in its range
+# is measured in log-odds (:data:`PROBABILITIES`).
 RANGES = {
     "lr": (1e-5, 1e-1, True),  # Adam's step of the model (delta too, where delta is the model's step size)
     "recon_sigma": (1e-4, 1e2, True),
@@ -412,9 +413,37 @@ def study_ranges(study) -> dict:
     return {k: tuple(v) for k, v in (study.user_attrs.get("ranges") or RANGES).items()}
 
 
+# A probability's two ends are both natural bounds (0 keeps no bit on, 1 every bit): where its best value lies
+# in its range is measured in log-odds, which treats both ends alike (a log scale crowds 0.5..0.999 into the
+# top tenth of 1e-3..0.999, so an unremarkable 0.85 would count as an edge). The sampler still draws prior on
+# the scale RANGES gives.
+PROBABILITIES = {"prior"}
+
+
+def position(name: str, value: float, low: float, high: float, log: bool) -> float:
+    """Where ``value`` of the parameter ``name`` lies in [low, high]: 0 at low, 1 at high; in log-odds for a
+    probability (:data:`PROBABILITIES`), else in log scale for a log range, else linearly."""
+    if name in PROBABILITIES:
+        f = lambda v: math.log(v / (1 - v))  # noqa: E731
+    else:
+        f = math.log if log else (lambda v: v)
+    return (f(value) - f(low)) / (f(high) - f(low))
+
+
+def position_inverse(name: str, where: float, low: float, high: float, log: bool) -> float:
+    """The value at ``where`` (0 at low, 1 at high) on the scale :func:`position` measures ``name`` in."""
+    if name in PROBABILITIES:
+        f, g = (lambda v: math.log(v / (1 - v))), (lambda u: 1 / (1 + math.exp(-u)))
+    elif log:
+        f, g = math.log, math.exp
+    else:
+        f, g = (lambda v: v), (lambda u: u)
+    return g(f(low) + where * (f(high) - f(low)))
+
+
 def edge_values(study, share: float = 0.1) -> dict:
     """The best trial's continuous parameters that lie within the outer ``share`` of the range the study
-    searched (in log scale where the range is): {name: [value, low, high]}; empty when the optimum lies inside."""
+    searched (measured by :func:`position`): {name: [value, low, high]}; empty when the optimum lies inside."""
     from optuna.distributions import FloatDistribution
 
     best, out, ranges = study.best_trial, {}, study_ranges(study)
@@ -423,8 +452,7 @@ def edge_values(study, share: float = 0.1) -> dict:
         if not isinstance(dist, FloatDistribution):
             continue
         low, high, log = ranges.get(name, (dist.low, dist.high, dist.log))
-        scale = math.log if log else (lambda v: v)
-        where = (scale(value) - scale(low)) / (scale(high) - scale(low))
+        where = position(name, value, low, high, log)
         if where < share or where > 1 - share:
             out[name] = [value, low, high]
     return out

@@ -222,12 +222,13 @@ def nothing_to_show(text: str) -> None:
     display(Markdown(text))
 
 
-def glue_figure(name: str, fig, caption: str, alt: str, show: bool = True) -> None:
+def glue_figure(name: str, fig, caption: str, alt: str, show: bool = True, page: str = "") -> None:
     """Show ``fig`` as a numbered figure with ``caption`` and the alt text ``alt``, and close it.
 
     The figure is glued (myst-nb ``glue``, so the image is in the executed notebook) and a MyST
     ``{glue:figure}`` directive carrying the caption and alt text is the cell's visible output (its
-    label is ``fig-NAME``, for ``{numref}``); a Markdown cell can paste the same figure again with
+    label is ``fig-NAME``, or ``fig-PAGE-NAME`` for a notebook that several pages run, since a label is
+    the book's and not the page's, for ``{numref}``); a Markdown cell can paste the same figure again with
     ``{glue:figure} NAME``. The figure's ``notes`` (panels left out) end the caption. When there is
     nothing to draw (``fig`` None, or a figure function's ``NothingToShow``), its sentence is shown
     instead (for None: ``caption``)."""
@@ -246,13 +247,14 @@ def glue_figure(name: str, fig, caption: str, alt: str, show: bool = True) -> No
     plt.close(fig)
     notes = " ".join(getattr(fig, "notes", None) or [])
     if show:
-        display(Markdown(figure_directive(name, f"{caption.strip()} {notes}".strip(), alt)))
+        display(Markdown(figure_directive(name, f"{caption.strip()} {notes}".strip(), alt, page)))
 
 
-def figure_directive(name: str, caption: str, alt: str) -> str:
+def figure_directive(name: str, caption: str, alt: str, page: str = "") -> str:
     """The MyST directive that pastes the glued figure ``name`` with its caption and alt text."""
     alt = " ".join(alt.split())
-    return f"```{{glue:figure}} {name}\n:alt: {alt}\n:name: fig-{name}\n\n{caption.strip()}\n```\n"
+    label = f"fig-{page}-{name}" if page else f"fig-{name}"
+    return f"```{{glue:figure}} {name}\n:alt: {alt}\n:name: {label}\n\n{caption.strip()}\n```\n"
 
 
 def sentence_list(items: Sequence[str]) -> str:
