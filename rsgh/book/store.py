@@ -122,8 +122,9 @@ class Source:
             missing = [str(d) for d in dirs if not is_stored(d)]
             if missing:
                 raise FileNotFoundError(f"{len(missing)} run(s) of {experiment.name} are not in the results store "
-                                        f"(first: {missing[0]}); make them with a training level (python -m rsgh "
-                                        "reproduce --profile quick or paper)")
+                                        f"(first: {missing[0]}); make them by retraining: `python -m rsgh reproduce` "
+                                        "retrains one seed of every page (the Reproducibility page gives the other "
+                                        "levels)")
             curves, finals = read_runs(dirs, [v for v, _ in experiment.variants])
             return Results(dirs, curves, finals)
         results = experiment.run()
@@ -140,8 +141,9 @@ class Source:
             self._note(path)
             return pd.read_csv(path)
         if not self.trains:
-            raise FileNotFoundError(f"{path} is not in the results store; make it with a training level "
-                                    "(python -m rsgh reproduce --profile quick or paper)")
+            raise FileNotFoundError(f"{path} is not in the results store; make it by retraining: `python -m rsgh "
+                                    "reproduce` retrains one seed of every page (the Reproducibility page gives the "
+                                    "other levels)")
         table = compute()
         if self.mode == "publish":
             path.parent.mkdir(parents=True, exist_ok=True)
