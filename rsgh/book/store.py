@@ -118,14 +118,14 @@ class Source:
         from .experiments import Results
 
         if not self.trains:
-            dirs = [self._note(self.run_folder(cfg)) for _, cfg in experiment.variants]
+            dirs = [self.run_folder(cfg) for _, cfg in experiment.variants]
             missing = [str(d) for d in dirs if not is_stored(d)]
-            if missing:
+            if missing:  # nothing read (a page whose data is not at hand says so instead of showing results)
                 raise FileNotFoundError(f"{len(missing)} run(s) of {experiment.name} are not in the results store "
                                         f"(first: {missing[0]}); make them by retraining: `python -m rsgh reproduce` "
                                         "retrains one seed of every page (the Reproducibility page gives the other "
                                         "levels)")
-            curves, finals = read_runs(dirs, [v for v, _ in experiment.variants])
+            curves, finals = read_runs([self._note(d) for d in dirs], [v for v, _ in experiment.variants])
             return Results(dirs, curves, finals)
         results = experiment.run()
         if self.mode == "publish":
