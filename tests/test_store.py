@@ -84,12 +84,14 @@ def test_a_study_is_read_from_the_store_except_when_studies_are_rerun(tmp_path):
     assert store.Source("study", tmp_path / "s", studies_dir=tmp_path / "fresh").study_folder("x") == tmp_path / "fresh" / "x"
 
 
-def _reads(page: Path) -> list[str]:
+def _reads(page: Path) -> list[str] | None:
+    """The store entries a page glued as read; None when it glued none (an empty list: it read nothing, as a page
+    whose data was not at hand)."""
     for cell in nbformat.read(page, as_version=4).cells:
         for o in cell.get("outputs", []):
             if o.get("metadata", {}).get("scrapbook", {}).get("name") == "store_reads":
                 return json.loads(eval(o["data"]["application/papermill.record/text/plain"]))
-    return []
+    return None
 
 
 def test_every_result_a_published_page_shows_is_in_the_store():
@@ -101,9 +103,9 @@ def test_every_result_a_published_page_shows_is_in_the_store():
         if params.get("mode") != "render" or not page.exists():
             continue
         reads = _reads(page)
-        if name not in NOT_YET_RENDERED and not reads:
-            missing.append(f"{name}: reads nothing from the store (store_reads not glued)")
-        for entry in reads:
+        if name not in NOT_YET_RENDERED and reads is None:
+            missing.append(f"{name}: says nothing of what it read from the store (store_reads not glued)")
+        for entry in reads or []:
             read += 1
             path = store.ROOT / entry
             if entry.startswith("runs/"):
