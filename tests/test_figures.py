@@ -269,3 +269,17 @@ def test_a_glued_table_is_markdown_on_its_page_and_html_on_another(monkeypatch):
     html = value._repr_html_()
     assert "<table" in html and "&lt;tuned&gt;" in html and "0.150&nbsp;±&nbsp;0.002" in html
     assert shown[0].data == value._repr_markdown_()
+
+
+def test_a_glued_sentence_is_markdown_on_its_page_and_html_on_another(monkeypatch):
+    import myst_nb
+
+    from rsgh.book import notebook as nbk
+
+    glued = {}
+    monkeypatch.setattr(myst_nb, "glue", lambda name, obj, display=False: glued.setdefault(name, obj))
+    nbk.glue_markdown("headline", "**No**: R-SGH trails SGH *by 0.01* <at K = 64> in `test` mAP.")
+    value = glued["headline"]
+    assert value._repr_markdown_() == "**No**: R-SGH trails SGH *by 0.01* <at K = 64> in `test` mAP."
+    assert value._repr_html_() == ("<p><strong>No</strong>: R-SGH trails SGH <em>by 0.01</em> &lt;at K = 64&gt; in "
+                                   "<code>test</code> mAP.</p>\n")

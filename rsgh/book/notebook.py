@@ -46,6 +46,33 @@ def glue_number(name: str, value: float, spread: float | None = None, n: int = 1
         glue(f"{name}__sd", float(spread), display=False)
 
 
+class _Text:
+    """Markdown as myst-nb glues it: MyST markdown for its own page, HTML for another page (myst-nb pastes
+    only HTML, text and images across pages)."""
+
+    def __init__(self, markdown: str):
+        self.markdown = markdown
+
+    def _repr_markdown_(self) -> str:
+        return self.markdown
+
+    def _repr_html_(self) -> str:
+        from markdown_it import MarkdownIt  # myst-parser's own Markdown parser
+
+        return MarkdownIt("commonmark", {"html": False}).render(self.markdown)  # raw HTML shown as text
+
+    def __repr__(self) -> str:
+        return self.markdown
+
+
+def glue_markdown(name: str, markdown: str) -> None:
+    """Glue a sentence or paragraph under ``name``: ``{glue:md}`NAME``` on its own page, and on another page
+    a ``{glue} NAME`` directive with ``:doc: PAGE.ipynb`` (the landing page shows the Verdicts page's answer)."""
+    from myst_nb import glue
+
+    glue(name, _Text(markdown), display=False)
+
+
 def glue_means(prefix: str, finals: pd.DataFrame, by: list[str], column: str) -> pd.DataFrame:
     """Glue ``column``'s mean over seeds for every group of ``by``, as ``PREFIX_<group>...``; returns
     the table of (mean, sd, n) that was glued."""
