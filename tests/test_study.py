@@ -174,6 +174,10 @@ def test_the_verdict_table_corrects_over_deciding_rows_and_drops_untrained_runs(
     sentence = vd.headline_sentence([strong, weak], table.iloc[:2])
     assert "R-SGH does not beat SGH" in sentence or "Not shown" in sentence
     assert "helps in 1 of 1" in sentence
+    patents = vd.compare("(c) patents", "MNIST, K = 64", "patents' settings", side([0.50, 0.51, 0.49, 0.50, 0.52]),
+                         side([0.40, 0.41, 0.39, 0.40, 0.42]), "map")
+    with_c = vd.headline_sentence([], vd.table([strong, weak, patents]), caveats=["Careful.", ""])
+    assert "R-SGH beats SGH in 1 of 1 comparisons and trails in 0." in with_c and with_c.endswith(" Careful.")
     assert vd.key_of(strong) == "i_mnist_k_64_tuned"
 
 
@@ -279,3 +283,28 @@ def test_the_trials_prune_with_the_pruner_the_study_declares(tmp_path):
         assert isinstance(pruner, optuna.pruners.MedianPruner)
         assert (pruner._n_startup_trials, pruner._n_warmup_steps) == (st.PRUNER["n_startup_trials"],
                                                                       st.PRUNER["n_warmup_steps"])
+
+
+def test_a_known_configuration_that_beats_the_search_is_reported():
+    """known_point_table: the patents' runs' best validation mAP (mean over seeds, at the studies' code length)
+    against each arm's search; the arms whose search it beats are named, with the numbers."""
+    from rsgh.book import search
+
+    studies = {}
+    for arm, best in (("sgh", 0.48), ("sgh-arch", 0.45), ("rsgh", 0.46)):
+        study = optuna.create_study(direction="maximize")
+        study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=best,
+                                                  user_attrs={"best_epoch": 1, "epochs": 6}))
+        studies[arm] = study
+    finals = pd.DataFrame({"method": ["SGH"] * 3 + ["R-SGH"] * 3 + ["R-SGH"], "bits": [64] * 6 + [32],
+                           "best_val_map": [0.46, 0.47, 0.48, 0.50, 0.51, 0.52, 0.9],
+                           "best_epoch": [30, 40, 50, 170, 180, 190, 5]})
+    table = search.known_point_table(studies, finals, 64)
+    assert table["patents' settings: best validation mAP"].tolist() == pytest.approx([0.47, 0.47, 0.51])
+    assert table["the search found better"].tolist() == ["yes", "no", "no"]
+    text = search.known_point_text(table, "MNIST")
+    assert "SGH, R-SGH's architecture (0.470 at epoch 40" in text and "R-SGH (0.510 at epoch 180" in text
+    assert "not conclusive" in search.known_point_text(table, "MNIST", short=True)
+    fine = search.known_point_table({"sgh": studies["sgh"]}, finals, 64)
+    assert search.known_point_text(fine, "MNIST", short=True) == "" and "every search" in search.known_point_text(fine, "MNIST")
+    assert search.known_point_table(studies, finals.iloc[:0], 64).empty

@@ -13,6 +13,8 @@ is expected now and then, and Holm keeps the chance of any false verdict among t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import math
 import re
 from dataclasses import dataclass
@@ -194,8 +196,9 @@ def _count(table: pd.DataFrame, tag: str) -> dict:
             "inconclusive": int((part == "inconclusive").sum()), "total": int(len(part))}
 
 
-def headline_sentence(rows: list[Row], table: pd.DataFrame) -> str:
-    """The answer in one sentence (two clauses), from the Holm verdicts of questions (ii) and (i)."""
+def headline_sentence(rows: list[Row], table: pd.DataFrame, caveats: Sequence[str] = ()) -> str:
+    """The answer in a few sentences, from the Holm verdicts of questions (ii) and (i) and of claim (c) (the
+    patents' settings), followed by ``caveats`` (e.g. a search that missed a known configuration)."""
     best, terms = _count(table, "(ii)"), _count(table, "(i)")
     s, n, t = best["supported"], best["not supported"], best["total"]
     if s == 0 and n > 0:
@@ -211,8 +214,14 @@ def headline_sentence(rows: list[Row], table: pd.DataFrame) -> str:
                   f"SGH is ahead in {n}**")
     answer += f" ({t - s - n} undecided, after Holm's correction)." if t - s - n else " (after Holm's correction)."
     helps, hurts = terms["supported"], terms["not supported"]
-    return (answer + f" Against SGH in R-SGH's own architecture, adding R-SGH's terms helps in {helps} of "
-            f"{terms['total']} comparisons, hurts in {hurts}, and leaves {terms['total'] - helps - hurts} undecided.")
+    answer += (f" Against SGH in R-SGH's own architecture, adding R-SGH's terms helps in {helps} of "
+               f"{terms['total']} comparisons, hurts in {hurts}, and leaves {terms['total'] - helps - hurts} undecided.")
+    patents = _count(table, "(c)")
+    if patents["total"]:
+        answer += (f" At the patents' settings (the same network for both, trained for the patents' epochs), R-SGH "
+                   f"beats SGH in {patents['supported']} of {patents['total']} comparisons and trails in "
+                   f"{patents['not supported']}.")
+    return " ".join([answer, *[c for c in caveats if c]])
 
 
 def _p(p: float) -> str:
