@@ -220,6 +220,9 @@ def test_notebook_parameter_types():
         nbk.check_parameters(epochs=(True, int))
     with pytest.raises(ValueError, match="seeds is an empty list: give at least one value"):  # was "No objects to concatenate"
         nbk.check_parameters(seeds=([], list))
+    nbk.check_parameters(patents_seeds=([], list, "may be empty"))  # an optional part left out
+    with pytest.raises(TypeError, match="patents_seeds=3 should be of type list"):
+        nbk.check_parameters(patents_seeds=(3, list, "may be empty"))
 
 
 def test_mean_and_spread_compact_rounds_to_the_spread():

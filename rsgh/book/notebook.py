@@ -11,8 +11,9 @@ import pandas as pd
 
 def check_parameters(**params: tuple) -> None:
     """Notebook parameters as ``name=(value, type)``: a clear error when papermill passed a value
-    of the wrong type (e.g. ``-p epochs ten``), instead of a failure deep inside training."""
-    for name, (value, kind) in params.items():
+    of the wrong type (e.g. ``-p epochs ten``), instead of a failure deep inside training. A list must
+    not be empty, unless its entry is ``(value, list, "may be empty")`` (e.g. seeds of an optional part)."""
+    for name, (value, kind, *empty) in params.items():
         ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             ok = True
@@ -20,7 +21,7 @@ def check_parameters(**params: tuple) -> None:
             names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
             raise TypeError(f"notebook parameter {name}={value!r} should be of type {names}, "
                             f"not {type(value).__name__}")
-        if isinstance(value, list) and not value:
+        if isinstance(value, list) and not value and empty != ["may be empty"]:
             raise ValueError(f"notebook parameter {name} is an empty list: give at least one value")
 
 
