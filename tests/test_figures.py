@@ -181,7 +181,7 @@ def test_provenance_table_says_what_was_grouped_and_the_time_per_run():
     table = tables.provenance_table(summaries)
     text = table.to_markdown()
     assert "trained in one group with" in text and "| rsgh-k64-s0 |" in text
-    assert "| 2.00 | 1.00 |" in text  # the group's two hours, one hour per run
+    assert "| 120.0 | 60.0 |" in text  # the group's two hours in minutes, one hour per run
     assert "| 50 |" in text and "commit abcdef0123" in text and "AMD EPYC" in text
 
 

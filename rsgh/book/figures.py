@@ -244,7 +244,7 @@ def recall_curves(table: pd.DataFrame):
         for method, p in part.groupby("method", sort=False):
             s = p.groupby("N")["recall"].mean()
             _line(ax, s.index, s.to_numpy(), looks[method], str(method))
-        ax.set(xscale="log", title=f"{dataset}, K = {k}")
+        ax.set(xscale="log", title=f"{style.DATASET_NAMES.get(dataset, dataset)}, K = {k}")
         style.label_axes(ax, "N", "recall")
         ax.grid(alpha=0.3, which="both")
     handles, names = [], []

@@ -79,6 +79,10 @@ LABELS = {
     "radius": "Hamming radius", "validation_map": "validation mAP", "value": "validation mAP",
 }
 
+# datasets as a reader names them (figure titles, table headings)
+DATASET_NAMES = {"mnist": "MNIST (pixels)", "fashion-mnist": "Fashion-MNIST (pixels)", "cifar10": "CIFAR-10 (GIST-512)",
+                 "caltech256": "Caltech-256 (GIST-512)"}
+
 
 def _method(text: str) -> str | None:
     for candidate in (text, text.lower()):

@@ -296,7 +296,7 @@ def provenance_table(runs: Sequence) -> Table:
             "trained in one group with": (", ".join(others) if len(others) <= 2 else f"{len(others)} other models")
             if size > 1 else "alone",
             "epochs": s.get("epochs", float("nan")),
-            "group's time (h)": wall / 3600, "per run (h)": wall / 3600 / size,
+            "group's time (min)": wall / 60, "per run (min)": wall / 60 / size,
         })
         commit = str(s.get("git_commit") or "")
         for key, value in (("data", s.get("data_source")),
@@ -310,7 +310,7 @@ def provenance_table(runs: Sequence) -> Table:
     same = [f"{k} {', '.join(sorted(map(str, vals)))}" for k, vals in common.items() if vals and None not in vals]
     note = (f"All {len(frame)} runs: " + "; ".join(same) + ". A group's models train as one batched computation, "
             "so a run's time is its share of its group's wall time.")
-    return Table(frame, note=note, decimals={"group's time (h)": 2, "per run (h)": 2, "epochs": 0}, index=False)
+    return Table(frame, note=note, decimals={"group's time (min)": 1, "per run (min)": 1, "epochs": 0}, index=False)
 
 
 def _short(run_name: str) -> str:
