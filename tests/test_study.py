@@ -192,6 +192,9 @@ def test_the_verdict_table_corrects_over_deciding_rows_and_drops_untrained_runs(
     assert vd.headline_sentence(best, vd.table(best), open_datasets=["MNIST"]).startswith(
         "**No on CIFAR-10, open on MNIST: tuned with the same search budget, R-SGH does not beat SGH.**")
     assert vd.key_of(strong) == "i_mnist_k_64_tuned"
+    units = [vd.compare(f"(a) R-SGH keeps more active units (A > {t}) than SGH", "MNIST, K = 64", "tuned",
+                        side([30] * 5), side([29] * 5), "active_units_001") for t in ("0.01", "0.05")]
+    assert [vd.key_of(r) for r in units] == ["a0_01_mnist_k_64_tuned", "a0_05_mnist_k_64_tuned"]  # one key each
 
 
 def test_top_trials_orders_by_value_and_shows_parameters_a_trial_left_out_as_a_dash():

@@ -166,6 +166,7 @@ def table(rows: list[Row], alpha: float = ALPHA) -> pd.DataFrame:
 def key_of(row: Row) -> str:
     """A stable name for a row's glued effect (the reproduction report reads it back)."""
     claim = row.claim.split(")")[0].strip("(")
+    claim += "".join(re.findall(r"\(A > ([\d.]+)\)", row.claim))  # a claim at two thresholds: (a) at 0.01, 0.05
     return re.sub(r"[^a-z0-9]+", "_", f"{claim} {row.data} {row.evidence.split(',')[0].split(';')[0]}".lower()).strip("_")
 
 
