@@ -214,6 +214,10 @@ def test_top_trials_orders_by_value_and_shows_parameters_a_trial_left_out_as_a_d
     assert top["value"].tolist() == [0.5, 0.4, 0.3]  # complete trials only, best first
     assert top["hidden_layers"].tolist() == [2, 1, "—"]  # the linear trial has no depth
     assert not top.isna().any().any()
+    turned = cmp.top_trials_by_parameter(study, n=3)
+    assert list(turned.columns) == ["trial 1", "trial 2", "trial 0"]
+    assert turned.loc["validation mAP"].tolist() == ["0.5", "0.4", "0.3"]
+    assert turned.loc["hidden_layers"].tolist() == ["2", "1", "—"]
 
 
 def test_a_study_writes_only_into_a_folder_of_its_own(tmp_path):

@@ -121,3 +121,13 @@ def top_trials(study, n: int = 5) -> pd.DataFrame:
     frame = frame[keep].set_index("number").dropna(axis=1, how="all").round(4)
     # a parameter that a trial's choices leave out (the linear family has no depth): shown as "—", not NaN
     return frame.astype(object).where(frame.notna(), "—")
+
+
+def top_trials_by_parameter(study, n: int = 5) -> pd.DataFrame:
+    """:func:`top_trials` turned for the page: one row per parameter, one column per trial (best first), values
+    to 3 significant digits (a row per trial was wider than the page's column)."""
+    top = top_trials(study, n)
+    out = top.T.map(lambda v: f"{v:.3g}" if isinstance(v, float) else str(v))
+    out.columns = [f"trial {c}" for c in out.columns]
+    names = {"value": "validation mAP", "best_epoch": "best epoch", "epochs": "epochs run", "seconds": "seconds"}
+    return out.rename(index=lambda r: names.get(r, r)).rename_axis("parameter")
