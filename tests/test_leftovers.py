@@ -41,6 +41,7 @@ INTERNAL = [
                 re.I), "a profile name without an explanation"),
     (re.compile(r"\bpage: [a-z0-9-]+\b"), "an internal page key"),
 ]
+MARKDOWN_TABLE = re.compile(r"\| ?-{3,}:? ?\|")  # in a built page only: a table pasted inline, shown as its source
 RAW_REPR = re.compile(r"\b\d+ rows × \d+ columns\b|\brows ×|\bdtype: \w+")
 NAN = re.compile(r"(?<![\w.])nan(?![\w])", re.I)
 EN_DASH_OPTION = re.compile(r"(?<![\w-])[–—][a-z][a-z0-9]*(?:-[a-z0-9]+)*")
@@ -122,6 +123,9 @@ def html_problems(html: str, where: str) -> list[str]:
                           if k in ("href", "src", "alt", "title"))
     problems = text_problems(text, where)
     problems += [p for p in text_problems(attributes, where + " (links)", nan=False)]
+    hit = MARKDOWN_TABLE.search(" ".join(text.split()))
+    if hit:
+        problems.append(f"{where}: a Markdown table shown as text {hit.group()!r}")
     return download + problems + empty_sections(main, where)
 
 
@@ -190,7 +194,7 @@ def book_problems(book: Path) -> list[str]:
 BAD_PAGE = """<html><body><button class="btn btn-download-source-button"></button><main><article>
 <section id="a"><h1>Title</h1><section id="b"><h2>Empty</h2><section id="c"><h3>Sub</h3><p>text</p></section></section>
 <p>Data in /work/shared/data/256_ObjectCategories.tar, see SPEC section 5 and notebooks/plan.yml; the plan's full
-profile; on the two-core budget. Pass –data-root to train. mAP nan.</p>
+profile; on the two-core budget. Pass –data-root to train. mAP nan. | data | K | | --- | ---: | | MNIST | 64 |</p>
 <div class="output"><pre>5 rows × 21 columns</pre><pre>Name: map, dtype: float64</pre></div>
 <img src="x.png" alt="a figure" title="/root/figure.png">
 <section id="d"><h2>Provenance</h2><p>The runs.</p><div class="cell tag_remove-input"><div class="cell_output"></div></div>
@@ -209,7 +213,7 @@ def test_the_checks_find_each_kind_of_leftover(tmp_path):
                      "a profile name without an explanation", "two-core budget", "en dash before an option name",
                      "'nan'", "a raw pandas repr", "(links): a machine path '/root/figure.png'", "the section 'Title' is empty",
                      "the section 'Empty' is empty", "the section 'Provenance' shows nothing",
-                     "a download button"):
+                     "a download button", "a Markdown table shown as text"):
         assert expected in found, f"{expected!r} not in:\n{found}"
     assert "'Sub'" not in found
     assert html_problems(GOOD_PAGE, "good.html") == []
