@@ -10,12 +10,12 @@ validation mAP than the search's best (:func:`known_point_table`).
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pandas as pd
 
 from . import study as st
+from .ranges import position, position_inverse
 
 
 def budget_table(studies: dict) -> pd.DataFrame:
@@ -101,7 +101,7 @@ def ranges_table(studies: dict) -> pd.DataFrame:
                 row[st.ARMS[arm]] = "—"
                 continue
             used = True
-            where = st.position(name, value, low, high, log)
+            where = position(name, value, low, high, log)
             row[st.ARMS[arm]] = f"{value:.3g} ({where:.2f}{', edge' if where < 0.1 or where > 0.9 else ''})"
         if used:
             rows.append(row)
@@ -163,8 +163,8 @@ def ranges_figure(studies: dict):
                        linewidth=0.8, zorder=3)
         if log:
             ax.set_xscale("log")
-        spans = [(low, st.position_inverse(name, 0.1, low, high, log)),
-                 (st.position_inverse(name, 0.9, low, high, log), high)]
+        spans = [(low, position_inverse(name, 0.1, low, high, log)),
+                 (position_inverse(name, 0.9, low, high, log), high)]
         for a, b in spans:
             ax.axvspan(a, b, color="0.88", zorder=0)
         ax.set_xlim(low, high)

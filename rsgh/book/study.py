@@ -27,13 +27,13 @@ again with the same parameters, resuming from their checkpoints where the scratc
 from __future__ import annotations
 
 import json
-import math
 import time
 import warnings
 from pathlib import Path
 
 from ..config import Config, Runtime, make_config
 from ..files import atomic_text
+from .ranges import position
 
 PATIENCE = 5  # evaluations (epochs) without a better validation mAP before a trial stops
 # The median pruner, as the trials (in the workers, where it decides) apply it: once 5 trials have finished, a
@@ -56,7 +56,7 @@ DATASETS = {  # the data of a study: dataset, features and their split (the test
 # linear scale: Fashion-MNIST's SGH and SGH-architecture studies ended at 0.083 and 0.051, in the outer tenth,
 # towards a natural bound (0 keeps no bit on): it is searched in log scale from 1e-3 since, and the Fashion-MNIST
 # studies were extended (MNIST's ended inside their linear range and keep it). Where a prior lies in its range
-# is measured in log-odds (:data:`PROBABILITIES`).
+# is measured in log-odds (:data:`rsgh.book.ranges.PROBABILITIES`).
 RANGES = {
     "lr": (1e-5, 1e-1, True),  # Adam's step of the model (delta too, where delta is the model's step size)
     "recon_sigma": (1e-4, 1e2, True),
@@ -411,34 +411,6 @@ def study_ranges(study) -> dict:
     """{parameter: (low, high, log)} of the ranges the study searched last (its ``ranges``; a widened range
     includes the earlier one), else today's :data:`RANGES`."""
     return {k: tuple(v) for k, v in (study.user_attrs.get("ranges") or RANGES).items()}
-
-
-# A probability's two ends are both natural bounds (0 keeps no bit on, 1 every bit): where its best value lies
-# in its range is measured in log-odds, which treats both ends alike (a log scale crowds 0.5..0.999 into the
-# top tenth of 1e-3..0.999, so an unremarkable 0.85 would count as an edge). The sampler still draws prior on
-# the scale RANGES gives.
-PROBABILITIES = {"prior"}
-
-
-def position(name: str, value: float, low: float, high: float, log: bool) -> float:
-    """Where ``value`` of the parameter ``name`` lies in [low, high]: 0 at low, 1 at high; in log-odds for a
-    probability (:data:`PROBABILITIES`), else in log scale for a log range, else linearly."""
-    if name in PROBABILITIES:
-        f = lambda v: math.log(v / (1 - v))  # noqa: E731
-    else:
-        f = math.log if log else (lambda v: v)
-    return (f(value) - f(low)) / (f(high) - f(low))
-
-
-def position_inverse(name: str, where: float, low: float, high: float, log: bool) -> float:
-    """The value at ``where`` (0 at low, 1 at high) on the scale :func:`position` measures ``name`` in."""
-    if name in PROBABILITIES:
-        f, g = (lambda v: math.log(v / (1 - v))), (lambda u: 1 / (1 + math.exp(-u)))
-    elif log:
-        f, g = math.log, math.exp
-    else:
-        f, g = (lambda v: v), (lambda u: u)
-    return g(f(low) + where * (f(high) - f(low)))
 
 
 def edge_values(study, share: float = 0.1) -> dict:
