@@ -101,8 +101,11 @@ def cmd_study(args) -> int:
 
     if args.trials < 1 or args.max_epochs < 1:
         raise ValueError(f"--trials and --max-epochs must be positive, got {args.trials} and {args.max_epochs}")
+    if (args.patience is not None and args.patience < 1) or (args.warmup is not None and args.warmup < 0):
+        raise ValueError(f"--patience must be positive and --warmup not negative, got {args.patience} and {args.warmup}")
     best = run_study(args.arm, args.dataset, args.bits, args.trials, args.max_epochs, args.out, args.scratch,
-                     args.data_root, args.scheduler, progress=not args.quiet)
+                     args.data_root, args.scheduler, progress=not args.quiet, patience=args.patience,
+                     warmup=args.warmup, known_point=args.known_point)
     print(json.dumps(best))
     return 0
 
@@ -247,6 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--data-root", type=path_arg,
                     help="folder holding the datasets (default: $RSGH_DATA, else data/cache)")
     st.add_argument("--scheduler", help="a running Dask scheduler (default $RSGH_SCHEDULER, else a local cluster)")
+    st.add_argument("--patience", type=int,
+                    help="a new study's trials stop after this many epochs without a better validation mAP "
+                         "(default 5; a study keeps the protocol it was created with)")
+    st.add_argument("--warmup", type=int,
+                    help="a new study prunes no trial before this epoch (default 0: from the first epoch on)")
+    st.add_argument("--known-point", action="store_true",
+                    help="a new study asks its arm's method at the patents' settings first (pruned like any trial)")
     st.add_argument("--quiet", action="store_true", help="no line per trial")
     st.set_defaults(func=cmd_study)
     _add_index_parsers(sub)

@@ -287,22 +287,42 @@ def test_a_widened_range_is_recorded_and_the_optimum_judged_in_the_range_searche
 
 
 def test_the_trials_prune_with_the_pruner_the_study_declares(tmp_path):
-    """The worker's hook (which decides) and the study as opened use one pruner, PRUNER."""
-    study = st.open_study("sgh", "mnist", 64, tmp_path)
-    hook_study = []
+    """The worker's hook (which decides) and the study as opened use one pruner: PRUNER for a study created
+    without a protocol, the recorded warm-up for one created with it; a continued study keeps its protocol."""
     import optuna
 
-    real = optuna.load_study
-    try:
-        optuna.load_study = lambda **kw: hook_study.append(kw) or real(**kw)
+    for folder, warmup, expected in ((tmp_path / "a", None, st.PRUNER["n_warmup_steps"]), (tmp_path / "b", 7, 7)):
+        study = st._continue("sgh", "mnist", 64, 10, folder, warmup=warmup)
+        hook = st._report_hook(str(folder), study.study_name, study.ask()._trial_id)
+        again = st.open_study("sgh", "mnist", 64, folder)
+        for pruner in (study.pruner, hook.pruner, again.pruner):
+            assert isinstance(pruner, optuna.pruners.MedianPruner)
+            assert (pruner._n_startup_trials, pruner._n_warmup_steps) == (st.PRUNER["n_startup_trials"], expected)
+    assert st.protocol(again) == {"patience": st.PATIENCE, "pruner": dict(st.PRUNER, n_warmup_steps=7)}
+    with pytest.raises(ValueError, match="runs with warm-up 7, not 3: a study keeps its protocol"):
+        st._continue("sgh", "mnist", 64, 10, tmp_path / "b", warmup=3)
+
+
+def test_a_study_may_start_from_its_arms_known_point(tmp_path):
+    """known_point: the first trial asked is the arm's method at the patents' settings, the configuration the
+    patents' pages train (compared field by field with the one patents_experiment builds), with the
+    study's patience."""
+    from rsgh.book import comparison
+    from rsgh.book.store import Source
+
+    source = Source(mode="render", runs_dir=tmp_path / "runs")
+    patents = comparison.patents_experiment(source, "mnist", [64], [0], 200, 1)
+    by_method = {cfg.method: cfg for _, cfg in patents.variants}
+    for arm in st.ARMS:
+        study = st._continue(arm, "mnist", 64, 200, tmp_path / arm, patience=20, known_point=True)
         trial = study.ask()
-        st._report_hook(str(tmp_path), study.study_name, trial._trial_id)
-    finally:
-        optuna.load_study = real
-    for pruner in (study.pruner, hook_study[0]["pruner"]):
-        assert isinstance(pruner, optuna.pruners.MedianPruner)
-        assert (pruner._n_startup_trials, pruner._n_warmup_steps) == (st.PRUNER["n_startup_trials"],
-                                                                      st.PRUNER["n_warmup_steps"])
+        assert trial.user_attrs["known_point"] == "the patents' settings"
+        cfg = st.trial_config(st.suggest(trial, arm), arm, "mnist", 64, 200, patience=20)
+        expected = by_method[st.arm_method(arm)]
+        differ = {k for k, v in cfg.__dict__.items() if getattr(expected, k) != v}
+        assert differ == {"patience"}, differ
+        assert cfg.patience == 20 and st.protocol(study)["patience"] == 20
+        assert st.suggest(study.ask(), arm) != st.known_params(arm, "mnist")  # asked once, then the sampler's
 
 
 def test_a_known_configuration_that_beats_the_search_is_reported():

@@ -54,7 +54,8 @@ def tuned_experiment(source: Source, dataset: str, bits: Sequence[int], seeds: S
     """Each arm's best configuration (from its study at ``study_bits``) at every code length and seed; the
     variant of each run is its arm's label."""
     folders = {a: source.study_folder(st.study_name(a, dataset, study_bits)) for a in arms}
-    variants = [(st.ARMS[a], st.trial_config(st.best_params(folders[a], a), a, dataset, k, max_epochs, seed=s))
+    variants = [(st.ARMS[a], st.trial_config(st.best_params(folders[a], a), a, dataset, k, max_epochs, seed=s,
+                                               patience=st.best_patience(folders[a])))
                 for k in bits for a in arms for s in seeds]
     return Experiment(f"tuned-{dataset}", variants, source.runs_dir, source.data_root,
                       Runtime(progress=False, compile_step=True))

@@ -39,7 +39,8 @@ def experiment(source: Source, dataset: str, bits: Sequence[int], seeds: Sequenc
     variants = []
     for k in bits:
         variants += [(REFERENCE, reference_config(dataset, k, s)) for s in seeds]
-        variants += [(st.ARMS[a], st.trial_config(st.best_params(folders[a], a), a, dataset, k, max_epochs, seed=s))
+        variants += [(st.ARMS[a], st.trial_config(st.best_params(folders[a], a), a, dataset, k, max_epochs, seed=s,
+                                               patience=st.best_patience(folders[a])))
                      for a in arms for s in seeds]
     return Experiment(f"euclidean-{dataset}", variants, source.runs_dir, source.data_root,
                       Runtime(progress=False, compile_step=True))

@@ -58,9 +58,12 @@ def known_point_table(studies: dict, patents_finals: pd.DataFrame, bits: int) ->
     return pd.DataFrame(rows)
 
 
-def known_point_text(table: pd.DataFrame, dataset_name: str, short: bool = False) -> str:
+def known_point_text(table: pd.DataFrame, dataset_name: str, short: bool = False, patience: int = st.PATIENCE,
+                     warmup: int = 0) -> str:
     """What :func:`known_point_table` says, in words ('' without known points; ``short``: one clause for the
-    Verdicts page's answer, '' when every search found better)."""
+    Verdicts page's answer, '' when every search found better); ``patience`` and ``warmup``: the studies'
+    protocol (:func:`rsgh.book.study.protocol`)."""
+    warm = "from its first epoch on" if not warmup else f"after epoch {warmup}"
     if table.empty:
         return ""
     missed = table[table["the search found better"] == "no"]
@@ -76,8 +79,8 @@ def known_point_text(table: pd.DataFrame, dataset_name: str, short: bool = False
                 "not conclusive.")
     return (f"**The searches did not find their spaces' optimum on {dataset_name}.** The patents' configuration, "
             f"a point of the search space, reached a higher validation mAP than the best trial for "
-            f"{'; for '.join(parts)}. A trial stops after {st.PATIENCE} epochs without a better validation mAP, and is "
-            "pruned from its first epoch on when it falls below the median of the earlier trials, which favours "
+            f"{'; for '.join(parts)}. A trial stops after {patience} epochs without a better validation mAP, and is "
+            f"pruned {warm} when it falls below the median of the earlier trials, which favours "
             "configurations that learn fast; the patents' configurations learn slowly and peak late. The tuned "
             f"comparison on {dataset_name} is therefore not conclusive on its own.")
 

@@ -35,12 +35,16 @@ from ..config import Config, Runtime, make_config
 from ..files import atomic_text
 from .ranges import position
 
-PATIENCE = 5  # evaluations (epochs) without a better validation mAP before a trial stops
+PATIENCE = 5  # evaluations (epochs) without a better validation mAP before a trial stops (a study's default)
 # The median pruner, as the trials (in the workers, where it decides) apply it: once 5 trials have finished, a
 # trial whose validation mAP at an epoch is below the median of the earlier trials' at that epoch stops, from
 # its first epoch on. (The round's studies were declared with 6 start-up trials and 2 epochs of warm-up, but the
 # workers loaded the study without its pruner, so Optuna's default, these values, decided every study alike.)
 PRUNER = {"n_startup_trials": 5, "n_warmup_steps": 0}
+# A study's protocol (patience, the pruner's warm-up in epochs) is fixed when it is created and recorded in
+# its journal (:func:`protocol`): the first studies used PATIENCE and PRUNER, which cut configurations that
+# learn slowly (the patents' own configuration on MNIST, :func:`rsgh.book.search.known_point_table`). A
+# study may also start from its arm's known point (:func:`known_params`, asked first, pruned like any trial).
 ARMS = {"sgh": "SGH", "sgh-arch": "SGH, R-SGH's architecture", "rsgh": "R-SGH"}  # arm -> label
 DATASETS = {  # the data of a study: dataset, features and their split (the test queries of the pages)
     "cifar10": dict(dataset="cifar10", features="gist", queries_per_class=100, validation_per_class=100),
@@ -120,18 +124,34 @@ def suggest(trial, arm: str) -> dict:
     return p
 
 
-def trial_config(params: dict, arm: str, dataset: str, bits: int, max_epochs: int, seed: int = 0) -> Config:
+def trial_config(params: dict, arm: str, dataset: str, bits: int, max_epochs: int, seed: int = 0,
+                 patience: int = PATIENCE) -> Config:
     """The configuration of a trial's parameters at ``bits`` (a best configuration retrained at other code
-    lengths keeps its width factor), trained up to ``max_epochs`` with early stopping."""
+    lengths keeps its width factor), trained up to ``max_epochs``, stopping after ``patience`` epochs
+    without a better validation mAP."""
     p = dict(params)
     family, factor = p.pop("family", "mlp"), p.pop("width_factor", 1)
     base = dict(DATASETS[dataset], task="retrieval", method=arm_method(arm), bits=bits, seed=seed,
-                epochs=max_epochs, eval_epochs=1, patience=PATIENCE)
+                epochs=max_epochs, eval_epochs=1, patience=patience)
     if family == "linear-reference":
         base.update(arch="reference", objective="reference", hidden_layers=0)
     else:
         base["hidden_width"] = bits * factor if factor != 1 else 0
     return make_config(None, dict(base, **p))
+
+
+def known_params(arm: str, dataset: str) -> dict:
+    """The arm's known point on ``dataset``: its method at the patents' settings (embodiment 2's network and
+    training, as :func:`rsgh.book.comparison.patents_experiment` runs them: pixels unscaled), as
+    :func:`suggest` gives parameters. A point of every arm's space (SGH's in both SGH arms)."""
+    cfg = make_config(f"e2-{arm_method(arm)}")
+    p = {"feature_scaling": cfg.feature_scaling if DATASETS[dataset]["features"] == "gist" else "none",
+         "lr": cfg.lr, "batch_size": cfg.batch_size, "train_noise": cfg.train_noise, "family": "mlp",
+         "hidden_layers": cfg.hidden_layers, "width_factor": 1, "recon_sigma": cfg.recon_sigma, "prior": cfg.prior}
+    if arm_method(arm) == "rsgh":
+        p.update(coupling=cfg.coupling, delta=cfg.delta, eta=cfg.eta, adv_lr=cfg.adv_lr, tau=cfg.tau,
+                 tie_target=cfg.tie_target, redundancy=cfg.redundancy)
+    return p
 
 
 def study_name(arm: str, dataset: str, bits: int) -> str:
@@ -166,10 +186,13 @@ def open_study(arm: str, dataset: str, bits: int, folder: str | Path, create: bo
     with warnings.catch_warnings():  # multivariate, group and constant_liar are "experimental" (a line each)
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
-    pruner, storage = optuna.pruners.MedianPruner(**PRUNER), journal_storage(folder)
+    storage = journal_storage(folder)
     if name in optuna.study.get_all_study_names(storage):  # loaded, not created again (that appends a record)
-        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
-    return optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler, pruner=pruner)
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+    else:
+        study = optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler)
+    study.pruner = optuna.pruners.MedianPruner(**protocol(study)["pruner"])
+    return study
 
 
 STUDY_FILES = {"journal.log", "best.json", "journal.log.lock", "journal.log.lock.lock"}
@@ -210,12 +233,20 @@ def check_study_folder(folder: str | Path, name: str) -> None:
                          "choose a new or empty folder")
 
 
+def protocol(study) -> dict:
+    """A study's protocol as recorded when it was created: ``patience`` and the median pruner's arguments
+    (``pruner``); a study from before protocols were recorded has PATIENCE and PRUNER."""
+    return {"patience": int(study.user_attrs.get("patience", PATIENCE)),
+            "pruner": dict(study.user_attrs.get("pruner", PRUNER))}
+
+
 def _report_hook(folder: str, study_name: str, trial_id: int):
-    """A training hook that reports each validation mAP to Optuna and stops a pruned trial."""
+    """A training hook that reports each validation mAP to Optuna and stops a pruned trial (by the pruner
+    of the study's protocol)."""
     import optuna
 
-    study = optuna.load_study(study_name=study_name, storage=journal_storage(folder),
-                              pruner=optuna.pruners.MedianPruner(**PRUNER))
+    study = optuna.load_study(study_name=study_name, storage=journal_storage(folder))
+    study.pruner = optuna.pruners.MedianPruner(**protocol(study)["pruner"])
     trial = optuna.trial.Trial(study, trial_id)
 
     def hook(g, row):
@@ -224,6 +255,7 @@ def _report_hook(folder: str, study_name: str, trial_id: int):
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {row['epoch']:g}")
 
+    hook.pruner = study.pruner  # (for the tests: the pruner that decides)
     return hook
 
 
@@ -289,14 +321,36 @@ def _requeue_interrupted(study) -> None:
             waiting.append(t.params)
 
 
-def _continue(arm: str, dataset: str, bits: int, max_epochs: int, folder: Path):
+def _continue(arm: str, dataset: str, bits: int, max_epochs: int, folder: Path, patience: int | None = None,
+              warmup: int | None = None, known_point: bool = False):
     """The study in ``folder`` (checked to be this study's, then created or continued) with its ranges and
-    budget recorded and the trials a killed process left running asked again."""
+    budget recorded and the trials a killed process left running asked again. A new study records its
+    protocol (``patience``, the pruner's ``warmup`` epochs; None: PATIENCE and PRUNER's) and, with
+    ``known_point``, asks its arm's known point first; a study continued keeps its protocol (a different
+    one asked for is refused: the trials so far were judged by it)."""
+    import optuna
+
     check_study_folder(folder, study_name(arm, dataset, bits))
     study = open_study(arm, dataset, bits, folder)
+    if not study.trials:
+        pruner = dict(PRUNER, n_warmup_steps=PRUNER["n_warmup_steps"] if warmup is None else warmup)
+        study.set_user_attr("patience", PATIENCE if patience is None else patience)
+        study.set_user_attr("pruner", pruner)
+        study.pruner = optuna.pruners.MedianPruner(**pruner)
+        if known_point:
+            study.enqueue_trial(known_params(arm, dataset), user_attrs={"known_point": "the patents' settings"})
+    else:
+        now = protocol(study)
+        asked = {"patience": patience, "warm-up": warmup}
+        held = {"patience": now["patience"], "warm-up": now["pruner"]["n_warmup_steps"]}
+        for key, value in asked.items():
+            if value is not None and value != held[key]:
+                raise ValueError(f"{folder}: the study {study.study_name} runs with {key} {held[key]}, not {value}: "
+                                 "a study keeps its protocol; start a new one in another folder")
+        if "patience" not in study.user_attrs:
+            study.set_user_attr("patience", now["patience"])
     record_ranges(study)
     study.set_user_attr("max_epochs", max_epochs)
-    study.set_user_attr("patience", PATIENCE)
     _requeue_interrupted(study)
     return study
 
@@ -304,7 +358,8 @@ def _continue(arm: str, dataset: str, bits: int, max_epochs: int, folder: Path):
 def run_study(arm: str, dataset: str, bits: int, trials: int, max_epochs: int, folder: str | Path,
               scratch: str | Path | None = None, data_root=None, scheduler: str | None = None,
               progress: bool = True, runtime: Runtime | None = None, timings: dict | None = None,
-              trial_task=None) -> dict:
+              trial_task=None, patience: int | None = None, warmup: int | None = None,
+              known_point: bool = False) -> dict:
     """Run the study until it has ``trials`` finished (complete or pruned) trials; write and return
     ``best.json``. ``folder`` holds the journal and best.json; the trials' run folders go to
     ``scratch/<study name>/trials`` (default: ``studies/``).
@@ -323,7 +378,8 @@ def run_study(arm: str, dataset: str, bits: int, trials: int, max_epochs: int, f
     timings = {} if timings is None else timings
     timings.update(trials=[], storage_s=0.0, submit_s=0.0)
     clock = time.perf_counter()
-    study = _continue(arm, dataset, bits, max_epochs, folder)
+    study = _continue(arm, dataset, bits, max_epochs, folder, patience, warmup, known_point)
+    patience = protocol(study)["patience"]
     trials_dir = Path(scratch or "studies") / study.study_name / "trials"
     timings["storage_s"] += time.perf_counter() - clock
     client = get_client(scheduler)
@@ -338,7 +394,7 @@ def run_study(arm: str, dataset: str, bits: int, trials: int, max_epochs: int, f
     def submit():
         clock = time.perf_counter()
         trial = study.ask()
-        cfg = trial_config(suggest(trial, arm), arm, dataset, bits, max_epochs)
+        cfg = trial_config(suggest(trial, arm), arm, dataset, bits, max_epochs, patience=patience)
         run_out = str(trials_dir / cfg.run_name())
         trial.set_user_attr("run", cfg.run_name())
         submitted = time.perf_counter()
@@ -387,7 +443,7 @@ def write_best(study, folder: Path) -> dict:
            "trial": best.number, "best_epoch": best.user_attrs.get("best_epoch"),
            "epochs": best.user_attrs.get("epochs"), "trials": counts(study),
            "wall_seconds": study.user_attrs.get("wall_seconds"), "run": best.user_attrs.get("run"),
-           "edges": edge_values(study)}
+           "edges": edge_values(study), **protocol(study)}
     atomic_text(Path(folder) / "best.json", json.dumps(doc, indent=2))
     return doc
 
@@ -428,6 +484,13 @@ def edge_values(study, share: float = 0.1) -> dict:
         if where < share or where > 1 - share:
             out[name] = [value, low, high]
     return out
+
+
+def best_patience(folder: str | Path) -> int:
+    """The patience of the study whose best configuration is in ``folder`` (its best.json; PATIENCE for a
+    study from before protocols were recorded): a best configuration is retrained with it."""
+    path = Path(folder) / "best.json"
+    return int(json.loads(path.read_text()).get("patience", PATIENCE)) if path.exists() else PATIENCE
 
 
 def best_params(folder: str | Path, arm: str) -> dict:
