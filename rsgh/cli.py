@@ -252,11 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--scheduler", help="a running Dask scheduler (default $RSGH_SCHEDULER, else a local cluster)")
     st.add_argument("--patience", type=int,
                     help="a new study's trials stop after this many epochs without a better validation mAP "
-                         "(default 5; a study keeps the protocol it was created with)")
+                         "(default: the dataset's protocol, 20 on MNIST, else 5; a study keeps the protocol it was "
+                         "created with)")
     st.add_argument("--warmup", type=int,
-                    help="a new study prunes no trial before this epoch (default 0: from the first epoch on)")
+                    help="a new study prunes no trial before this epoch (default: the dataset's protocol, 20 on "
+                         "MNIST, else 0: from the first epoch on)")
     st.add_argument("--known-point", action="store_true",
-                    help="a new study asks its arm's method at the patents' settings first (pruned like any trial)")
+                    default=None, help="a new study asks its arm's method at the patents' settings first (pruned like "
+                                       "any trial; default: the dataset's protocol, on MNIST)")
     st.add_argument("--quiet", action="store_true", help="no line per trial")
     st.set_defaults(func=cmd_study)
     _add_index_parsers(sub)

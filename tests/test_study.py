@@ -288,19 +288,24 @@ def test_a_widened_range_is_recorded_and_the_optimum_judged_in_the_range_searche
 
 def test_the_trials_prune_with_the_pruner_the_study_declares(tmp_path):
     """The worker's hook (which decides) and the study as opened use one pruner: PRUNER for a study created
-    without a protocol, the recorded warm-up for one created with it; a continued study keeps its protocol."""
+    on a dataset without a protocol of its own, the dataset's (PROTOCOLS) or the one asked for otherwise; a
+    continued study keeps its protocol."""
     import optuna
 
-    for folder, warmup, expected in ((tmp_path / "a", None, st.PRUNER["n_warmup_steps"]), (tmp_path / "b", 7, 7)):
-        study = st._continue("sgh", "mnist", 64, 10, folder, warmup=warmup)
+    cases = (("cifar10", None, st.PRUNER["n_warmup_steps"], st.PATIENCE),
+             ("mnist", None, st.PROTOCOLS["mnist"]["warmup"], st.PROTOCOLS["mnist"]["patience"]),
+             ("mnist", 7, 7, st.PROTOCOLS["mnist"]["patience"]))
+    for i, (dataset, warmup, expected, patience) in enumerate(cases):
+        folder = tmp_path / str(i)
+        study = st._continue("sgh", dataset, 64, 10, folder, warmup=warmup)
         hook = st._report_hook(str(folder), study.study_name, study.ask()._trial_id)
-        again = st.open_study("sgh", "mnist", 64, folder)
+        again = st.open_study("sgh", dataset, 64, folder)
         for pruner in (study.pruner, hook.pruner, again.pruner):
             assert isinstance(pruner, optuna.pruners.MedianPruner)
             assert (pruner._n_startup_trials, pruner._n_warmup_steps) == (st.PRUNER["n_startup_trials"], expected)
-    assert st.protocol(again) == {"patience": st.PATIENCE, "pruner": dict(st.PRUNER, n_warmup_steps=7)}
+        assert st.protocol(again) == {"patience": patience, "pruner": dict(st.PRUNER, n_warmup_steps=expected)}
     with pytest.raises(ValueError, match="runs with warm-up 7, not 3: a study keeps its protocol"):
-        st._continue("sgh", "mnist", 64, 10, tmp_path / "b", warmup=3)
+        st._continue("sgh", "mnist", 64, 10, tmp_path / "2", warmup=3)
 
 
 def test_a_study_may_start_from_its_arms_known_point(tmp_path):

@@ -34,8 +34,9 @@ from pathlib import Path
 from ..config import Config, Runtime, make_config
 from ..files import atomic_text
 from .ranges import position
+from .space import (ARMS, CHOICES, DATASETS, PATIENCE, RANGES, arm_method, known_params,  # noqa: F401 (the
+                    suggest, trial_config)  # studies' names for the space, as the pages use them)
 
-PATIENCE = 5  # evaluations (epochs) without a better validation mAP before a trial stops (a study's default)
 # The median pruner, as the trials (in the workers, where it decides) apply it: once 5 trials have finished, a
 # trial whose validation mAP at an epoch is below the median of the earlier trials' at that epoch stops, from
 # its first epoch on. (The round's studies were declared with 6 start-up trials and 2 epochs of warm-up, but the
@@ -45,115 +46,9 @@ PRUNER = {"n_startup_trials": 5, "n_warmup_steps": 0}
 # its journal (:func:`protocol`): the first studies used PATIENCE and PRUNER, which cut configurations that
 # learn slowly (the patents' own configuration on MNIST, :func:`rsgh.book.search.known_point_table`). A
 # study may also start from its arm's known point (:func:`known_params`, asked first, pruned like any trial).
-ARMS = {"sgh": "SGH", "sgh-arch": "SGH, R-SGH's architecture", "rsgh": "R-SGH"}  # arm -> label
-DATASETS = {  # the data of a study: dataset, features and their split (the test queries of the pages)
-    "cifar10": dict(dataset="cifar10", features="gist", queries_per_class=100, validation_per_class=100),
-    "mnist": dict(dataset="mnist", features="pixels", queries_per_class=100, validation_per_class=100),
-    "fashion-mnist": dict(dataset="fashion-mnist", features="pixels", queries_per_class=100,
-                          validation_per_class=100),
-}
-# The continuous ranges: (low, high, log scale). Wide enough that no study's best value lies in the outer
-# tenth of a range (:func:`edge_values`); the first round's studies had best values at the floors of lr
-# (1e-4), eta_step (1e-3) and prior (0.1). recon_sigma was first searched from 1e-2: MNIST's R-SGH study
-# ended at 0.0187, in the outer tenth, so it was widened to 1e-4 and MNIST's three studies were extended
-# (each study's journal records its range history, :func:`record_ranges`). prior was searched on 0.05..0.95 in
-# linear scale: Fashion-MNIST's SGH and SGH-architecture studies ended at 0.083 and 0.051, in the outer tenth,
-# towards a natural bound (0 keeps no bit on): it is searched in log scale from 1e-3 since, and the Fashion-MNIST
-# studies were extended (MNIST's ended inside their linear range and keep it). Where a prior lies in its range
-# is measured in log-odds (:data:`rsgh.book.ranges.PROBABILITIES`).
-RANGES = {
-    "lr": (1e-5, 1e-1, True),  # Adam's step of the model (delta too, where delta is the model's step size)
-    "recon_sigma": (1e-4, 1e2, True),
-    "prior": (1e-3, 0.999, True),
-    "delta": (1e-4, 1e1, True),  # weights of R-SGH's tie and redundancy terms (coupling=weights)
-    "eta": (1e-4, 1e1, True),
-    "adv_lr": (1e-4, 1.0, True),  # the adversary's step (coupling=weights)
-    "eta_step": (1e-5, 1.0, True),  # the adversary's step (coupling=step_sizes)
-    "tau": (3e-3, 0.5, True),
-}
-CHOICES = {
-    "feature_scaling": ["none", "center", "standardize", "whiten"],
-    "batch_size": [32, 64, 128, 256, 512],
-    "train_noise": ["uniform", "half"],
-    "width_factor": [1, 2],
-    "coupling": ["weights", "step_sizes"],
-    "tie_target": ["decoder", "encoder"],
-    "redundancy": ["activity", "kl", "correlation"],
-}
-
-
-def arm_method(arm: str) -> str:
-    if arm not in ARMS:
-        raise ValueError(f"arm must be one of {', '.join(ARMS)}; got {arm!r}")
-    return "rsgh" if arm == "rsgh" else "sgh"
-
-
-def suggest(trial, arm: str) -> dict:
-    """The search space: Optuna suggestions for one trial of ``arm``, as parameters that
-    :func:`trial_config` turns into a configuration.
-
-    Left out: the distributional estimator. It decodes 2K variants of every code, 4.6x slower per step
-    than the approximate one at K = 64, M = 4, batch 32 (measured on the development machine) and more
-    at larger batches."""
-    arm_method(arm)
-
-    def real(name):
-        low, high, log = RANGES[name]
-        return trial.suggest_float(name, low, high, log=log)
-
-    def choice(name, options=None):
-        return trial.suggest_categorical(name, options or CHOICES[name])
-
-    p = {"feature_scaling": choice("feature_scaling"), "lr": real("lr"), "batch_size": choice("batch_size"),
-         "train_noise": choice("train_noise")}
-    p["family"] = choice("family", ["mlp", "linear-reference"] if arm == "sgh" else ["mlp"])
-    if p["family"] == "linear-reference":  # the published SGH code: linear, its own loss (SPEC section 2)
-        return p
-    p["hidden_layers"] = choice("hidden_layers", [0, 1, 2, 4] if arm == "sgh" else [1, 2, 4])
-    if p["hidden_layers"] >= 2:
-        p["width_factor"] = choice("width_factor")
-    p["recon_sigma"], p["prior"] = real("recon_sigma"), real("prior")
-    if arm == "rsgh":
-        p["coupling"] = choice("coupling")
-        if p["coupling"] == "weights":
-            p["delta"], p["eta"], p["adv_lr"] = real("delta"), real("eta"), real("adv_lr")
-        else:  # delta and eta are the step sizes of the model (the same lr as the other arms) and of the adversary
-            p["delta"], p["eta"] = p["lr"], real("eta_step")
-        p["tau"] = real("tau")
-        p["tie_target"], p["redundancy"] = choice("tie_target"), choice("redundancy")
-    return p
-
-
-def trial_config(params: dict, arm: str, dataset: str, bits: int, max_epochs: int, seed: int = 0,
-                 patience: int = PATIENCE) -> Config:
-    """The configuration of a trial's parameters at ``bits`` (a best configuration retrained at other code
-    lengths keeps its width factor), trained up to ``max_epochs``, stopping after ``patience`` epochs
-    without a better validation mAP."""
-    p = dict(params)
-    family, factor = p.pop("family", "mlp"), p.pop("width_factor", 1)
-    base = dict(DATASETS[dataset], task="retrieval", method=arm_method(arm), bits=bits, seed=seed,
-                epochs=max_epochs, eval_epochs=1, patience=patience)
-    if family == "linear-reference":
-        base.update(arch="reference", objective="reference", hidden_layers=0)
-    else:
-        base["hidden_width"] = bits * factor if factor != 1 else 0
-    return make_config(None, dict(base, **p))
-
-
-def known_params(arm: str, dataset: str) -> dict:
-    """The arm's known point on ``dataset``: its method at the patents' settings (embodiment 2's network and
-    training, as :func:`rsgh.book.comparison.patents_experiment` runs them: pixels unscaled), as
-    :func:`suggest` gives parameters. A point of every arm's space (SGH's in both SGH arms)."""
-    cfg = make_config(f"e2-{arm_method(arm)}")
-    p = {"feature_scaling": cfg.feature_scaling if DATASETS[dataset]["features"] == "gist" else "none",
-         "lr": cfg.lr, "batch_size": cfg.batch_size, "train_noise": cfg.train_noise, "family": "mlp",
-         "hidden_layers": cfg.hidden_layers, "width_factor": 1, "recon_sigma": cfg.recon_sigma, "prior": cfg.prior}
-    if arm_method(arm) == "rsgh":
-        p.update(coupling=cfg.coupling, delta=cfg.delta, eta=cfg.eta, adv_lr=cfg.adv_lr, tau=cfg.tau,
-                 tie_target=cfg.tie_target, redundancy=cfg.redundancy)
-    return p
-
-
+# PROTOCOLS: a new study's protocol on a dataset, where not the first one. MNIST's: its second searches,
+# after the first missed the patents' configuration (it peaks after epoch 100 at the patents' settings).
+PROTOCOLS = {"mnist": {"patience": 20, "warmup": 20, "known_point": True}}
 def study_name(arm: str, dataset: str, bits: int) -> str:
     arm_method(arm)
     if dataset not in DATASETS:
@@ -322,17 +217,21 @@ def _requeue_interrupted(study) -> None:
 
 
 def _continue(arm: str, dataset: str, bits: int, max_epochs: int, folder: Path, patience: int | None = None,
-              warmup: int | None = None, known_point: bool = False):
+              warmup: int | None = None, known_point: bool | None = None):
     """The study in ``folder`` (checked to be this study's, then created or continued) with its ranges and
     budget recorded and the trials a killed process left running asked again. A new study records its
-    protocol (``patience``, the pruner's ``warmup`` epochs; None: PATIENCE and PRUNER's) and, with
-    ``known_point``, asks its arm's known point first; a study continued keeps its protocol (a different
-    one asked for is refused: the trials so far were judged by it)."""
+    protocol (``patience``, the pruner's ``warmup`` epochs, ``known_point``: asks its arm's known point first;
+    None: the dataset's in PROTOCOLS, else PATIENCE, PRUNER's and no known point); a study continued keeps
+    its protocol (a different one asked for is refused: the trials so far were judged by it)."""
     import optuna
 
     check_study_folder(folder, study_name(arm, dataset, bits))
     study = open_study(arm, dataset, bits, folder)
     if not study.trials:
+        new = PROTOCOLS.get(dataset, {})
+        patience = new.get("patience") if patience is None else patience
+        warmup = new.get("warmup") if warmup is None else warmup
+        known_point = new.get("known_point", False) if known_point is None else known_point
         pruner = dict(PRUNER, n_warmup_steps=PRUNER["n_warmup_steps"] if warmup is None else warmup)
         study.set_user_attr("patience", PATIENCE if patience is None else patience)
         study.set_user_attr("pruner", pruner)
@@ -359,7 +258,7 @@ def run_study(arm: str, dataset: str, bits: int, trials: int, max_epochs: int, f
               scratch: str | Path | None = None, data_root=None, scheduler: str | None = None,
               progress: bool = True, runtime: Runtime | None = None, timings: dict | None = None,
               trial_task=None, patience: int | None = None, warmup: int | None = None,
-              known_point: bool = False) -> dict:
+              known_point: bool | None = None) -> dict:
     """Run the study until it has ``trials`` finished (complete or pruned) trials; write and return
     ``best.json``. ``folder`` holds the journal and best.json; the trials' run folders go to
     ``scratch/<study name>/trials`` (default: ``studies/``).
