@@ -353,3 +353,25 @@ def test_a_known_configuration_that_beats_the_search_is_reported():
     fine = search.known_point_table({"sgh": studies["sgh"]}, finals, 64)
     assert search.known_point_text(fine, "MNIST", short=True) == "" and "every search" in search.known_point_text(fine, "MNIST")
     assert search.known_point_table(studies, finals.iloc[:0], 64).empty
+
+
+def test_the_protocol_and_the_known_points_trial_are_said_as_the_studies_recorded_them(tmp_path):
+    """protocol_text reads each study's recorded protocol (the first studies': pruning from the first epoch,
+    patience 5; MNIST's: from epoch 20, patience 20, the known point first); known_point_trial says what
+    became of the known point's trial, read from the journal."""
+    from optuna.trial import TrialState
+
+    from rsgh.book import search
+
+    old = st._continue("sgh", "cifar10", 64, 10, tmp_path / "old")
+    new = st._continue("sgh", "mnist", 64, 200, tmp_path / "new")
+    first = new.ask()
+    first.set_user_attr("epochs", 23.0)
+    new.tell(first, state=TrialState.PRUNED)
+    assert search.known_point_trial(new) == "pruned at epoch 23" and search.known_point_trial(old) == ""
+    said = search.protocol_text({"sgh": st.open_study("sgh", "mnist", 64, tmp_path / "new", create=False)})
+    assert said.startswith("In every study,") and "from epoch 20 on" in said and "for 20 epochs" in said
+    assert "patents' settings" in said
+    both = search.protocol_text({"sgh": old, "rsgh": new})
+    assert "SGH: once 5 trials" in both and "from its first epoch on" in both and "for 5 epochs" in both
+    assert "R-SGH: once 5 trials" in both and "from epoch 20 on" in both

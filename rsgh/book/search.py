@@ -38,6 +38,38 @@ def budget_table(studies: dict) -> pd.DataFrame:
 KNOWN_POINT_ARMS = {"sgh": "SGH", "sgh-arch": "SGH", "rsgh": "R-SGH"}
 
 
+def protocol_text(studies: dict) -> str:
+    """How the studies' trials were stopped and pruned, from their recorded protocol
+    (:func:`rsgh.book.study.protocol`), in words; one sentence per arm where the arms differ."""
+    def words(study) -> str:
+        p = st.protocol(study)
+        warm = p["pruner"]["n_warmup_steps"]
+        first = any(t.user_attrs.get("known_point") for t in study.trials[:1])
+        return (f"once {p['pruner']['n_startup_trials']} trials have finished, a trial whose validation mAP at an "
+                f"epoch is below the median of the earlier complete trials' at that epoch is stopped, "
+                + ("from its first epoch on" if not warm else f"from epoch {warm} on") +
+                f"; a trial trains until its validation mAP has not improved for {p['patience']} epochs"
+                + (", and the first trial asked is the arm's method at the patents' settings (a point of the "
+                   "space; stopped like any trial)" if first else ""))
+
+    said = {arm: words(study) for arm, study in studies.items()}
+    if len(set(said.values())) == 1:
+        return "In every study, " + next(iter(said.values())) + "."
+    return " ".join(f"{st.ARMS[arm]}: {w}." for arm, w in said.items())
+
+
+def known_point_trial(study) -> str:
+    """What became of the study's trial of its known point: its value, or where it was pruned ('' without)."""
+    for t in study.trials:
+        if t.user_attrs.get("known_point"):
+            if t.state.name == "COMPLETE":
+                return f"{t.value:.4f} (best epoch {t.user_attrs.get('best_epoch', float('nan')):.0f})"
+            if t.state.name == "PRUNED":
+                return f"pruned at epoch {t.user_attrs.get('epochs', float('nan')):.0f}"
+            return t.state.name.lower()
+    return ""
+
+
 def known_point_table(studies: dict, patents_finals: pd.DataFrame, bits: int) -> pd.DataFrame:
     """Each arm's best validation mAP in its search beside that of its method at the patents' settings (a
     point of the arm's search space, trained for the patents' epochs without early stopping), at the
@@ -54,16 +86,15 @@ def known_point_table(studies: dict, patents_finals: pd.DataFrame, bits: int) ->
                      "its best epoch": study.best_trial.user_attrs.get("best_epoch"),
                      "patents' settings: best validation mAP": known,
                      "at epoch (mean)": float(runs["best_epoch"].mean()), "seeds": len(runs),
-                     "the search found better": "yes" if study.best_value >= known else "no"})
+                     "the search found better": "yes" if study.best_value >= known else "no",
+                     "its trial in the search": known_point_trial(study) or "not asked"})
     return pd.DataFrame(rows)
 
 
-def known_point_text(table: pd.DataFrame, dataset_name: str, short: bool = False, patience: int = st.PATIENCE,
-                     warmup: int = 0) -> str:
+def known_point_text(table: pd.DataFrame, dataset_name: str, short: bool = False, studies: dict | None = None) -> str:
     """What :func:`known_point_table` says, in words ('' without known points; ``short``: one clause for the
-    Verdicts page's answer, '' when every search found better); ``patience`` and ``warmup``: the studies'
-    protocol (:func:`rsgh.book.study.protocol`)."""
-    warm = "from its first epoch on" if not warmup else f"after epoch {warmup}"
+    Verdicts page's answer, '' when every search found better); ``studies``: the arm's studies, whose
+    protocol the long form describes."""
     if table.empty:
         return ""
     missed = table[table["the search found better"] == "no"]
@@ -79,8 +110,8 @@ def known_point_text(table: pd.DataFrame, dataset_name: str, short: bool = False
                 "not conclusive.")
     return (f"**The searches did not find their spaces' optimum on {dataset_name}.** The patents' configuration, "
             f"a point of the search space, reached a higher validation mAP than the best trial for "
-            f"{'; for '.join(parts)}. A trial stops after {patience} epochs without a better validation mAP, and is "
-            f"pruned {warm} when it falls below the median of the earlier trials, which favours "
+            f"{'; for '.join(parts)}. " + (protocol_text(studies) + " " if studies else "") +
+            "Pruning at an early epoch against the median of the earlier trials favours "
             "configurations that learn fast; the patents' configurations learn slowly and peak late. The tuned "
             f"comparison on {dataset_name} is therefore not conclusive on its own.")
 
