@@ -99,7 +99,7 @@ def cmd_reproduce(args) -> int:
 def cmd_study(args) -> int:
     from .book.study import run_study
 
-    if args.trials < 1 or args.max_epochs < 1:
+    if args.trials < 1 or (args.max_epochs is not None and args.max_epochs < 1):
         raise ValueError(f"--trials and --max-epochs must be positive, got {args.trials} and {args.max_epochs}")
     if (args.patience is not None and args.patience < 1) or (args.warmup is not None and args.warmup < 0):
         raise ValueError(f"--patience must be positive and --warmup not negative, got {args.patience} and {args.warmup}")
@@ -243,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cifar10: GIST-512 of CIFAR-10; mnist, fashion-mnist: pixels")
     st.add_argument("--bits", type=int, default=64, help="code length K (default 64)")
     st.add_argument("--trials", type=int, required=True, help="finished trials wanted (complete or pruned)")
-    st.add_argument("--max-epochs", type=int, default=100, help="epochs per trial at most (early stopping)")
+    st.add_argument("--max-epochs", type=int,
+                    help="a new study's trials train this many epochs at most (early stopping); default: the "
+                         "dataset's protocol, 200 on MNIST, else 100")
     st.add_argument("--out", required=True, help="study folder: journal.log (the Optuna journal) and best.json")
     st.add_argument("--scratch", default="studies",
                     help="where the trials' run folders (models, checkpoints) go (default: studies/)")

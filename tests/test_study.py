@@ -297,15 +297,18 @@ def test_the_trials_prune_with_the_pruner_the_study_declares(tmp_path):
              ("mnist", 7, 7, st.PROTOCOLS["mnist"]["patience"]))
     for i, (dataset, warmup, expected, patience) in enumerate(cases):
         folder = tmp_path / str(i)
-        study = st._continue("sgh", dataset, 64, 10, folder, warmup=warmup)
+        study = st._continue("sgh", dataset, 64, folder, warmup=warmup)
         hook = st._report_hook(str(folder), study.study_name, study.ask()._trial_id)
         again = st.open_study("sgh", dataset, 64, folder)
         for pruner in (study.pruner, hook.pruner, again.pruner):
             assert isinstance(pruner, optuna.pruners.MedianPruner)
             assert (pruner._n_startup_trials, pruner._n_warmup_steps) == (st.PRUNER["n_startup_trials"], expected)
-        assert st.protocol(again) == {"patience": patience, "pruner": dict(st.PRUNER, n_warmup_steps=expected)}
+        assert st.protocol(again) == {"max_epochs": (st.PROTOCOLS.get(dataset) or st.PROTOCOL)["max_epochs"],
+                                      "patience": patience, "pruner": dict(st.PRUNER, n_warmup_steps=expected)}
     with pytest.raises(ValueError, match="runs with warm-up 7, not 3: a study keeps its protocol"):
-        st._continue("sgh", "mnist", 64, 10, tmp_path / "2", warmup=3)
+        st._continue("sgh", "mnist", 64, tmp_path / "2", warmup=3)
+    with pytest.raises(ValueError, match="runs with max_epochs 200, not 100: a study keeps its protocol"):
+        st._continue("sgh", "mnist", 64, tmp_path / "2", max_epochs=100)
 
 
 def test_a_study_may_start_from_its_arms_known_point(tmp_path):
@@ -319,7 +322,7 @@ def test_a_study_may_start_from_its_arms_known_point(tmp_path):
     patents = comparison.patents_experiment(source, "mnist", [64], [0], 200, 1)
     by_method = {cfg.method: cfg for _, cfg in patents.variants}
     for arm in st.ARMS:
-        study = st._continue(arm, "mnist", 64, 200, tmp_path / arm, patience=20, known_point=True)
+        study = st._continue(arm, "mnist", 64, tmp_path / arm, patience=20, known_point=True)
         trial = study.ask()
         assert trial.user_attrs["known_point"] == "the patents' settings"
         cfg = st.trial_config(st.suggest(trial, arm), arm, "mnist", 64, 200, patience=20)
@@ -363,8 +366,8 @@ def test_the_protocol_and_the_known_points_trial_are_said_as_the_studies_recorde
 
     from rsgh.book import search
 
-    old = st._continue("sgh", "cifar10", 64, 10, tmp_path / "old")
-    new = st._continue("sgh", "mnist", 64, 200, tmp_path / "new")
+    old = st._continue("sgh", "cifar10", 64, tmp_path / "old")
+    new = st._continue("sgh", "mnist", 64, tmp_path / "new")
     first = new.ask()
     first.set_user_attr("epochs", 23.0)
     new.tell(first, state=TrialState.PRUNED)

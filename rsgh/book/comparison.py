@@ -27,9 +27,10 @@ from .store import Source
 SCALINGS = ("none", "center", "standardize", "whiten")
 
 
-def ensure_study(source: Source, dataset: str, arm: str, bits: int, trials: int, max_epochs: int) -> Path:
+def ensure_study(source: Source, dataset: str, arm: str, bits: int, trials: int, max_epochs: int = 0) -> Path:
     """The study folder of ``arm``: read from the store, or (modes ``study`` and ``publish``) run or continued
-    to ``trials`` finished trials first. A study with fewer trials than ``trials`` is not read as if it had
+    to ``trials`` finished trials first, a new one with the dataset's protocol (``max_epochs``, if not 0, the
+    trials' maximum epochs instead). A study with fewer trials than ``trials`` is not read as if it had
     them."""
     name = st.study_name(arm, dataset, bits)
     folder = source.study_folder(name)
@@ -37,7 +38,7 @@ def ensure_study(source: Source, dataset: str, arm: str, bits: int, trials: int,
         study = st.open_study(arm, dataset, bits, folder)
         c = st.counts(study)
         if c["complete"] + c["pruned"] < trials or not (folder / "best.json").exists():
-            st.run_study(arm, dataset, bits, trials, max_epochs, folder, source.studies_dir, source.data_root,
+            st.run_study(arm, dataset, bits, trials, max_epochs or None, folder, source.studies_dir, source.data_root,
                          progress=False)
         return folder
     study = st.open_study(arm, dataset, bits, folder, create=False)
@@ -49,13 +50,14 @@ def ensure_study(source: Source, dataset: str, arm: str, bits: int, trials: int,
     return folder
 
 
-def tuned_experiment(source: Source, dataset: str, bits: Sequence[int], seeds: Sequence[int], max_epochs: int,
-                     study_bits: int, arms: Sequence[str] = tuple(st.ARMS)) -> Experiment:
-    """Each arm's best configuration (from its study at ``study_bits``) at every code length and seed; the
-    variant of each run is its arm's label."""
+def tuned_experiment(source: Source, dataset: str, bits: Sequence[int], seeds: Sequence[int], study_bits: int,
+                     arms: Sequence[str] = tuple(st.ARMS)) -> Experiment:
+    """Each arm's best configuration (from its study at ``study_bits``) at every code length and seed, trained
+    with its study's budget (its trials' maximum epochs and patience); the variant of each run is its arm's
+    label."""
     folders = {a: source.study_folder(st.study_name(a, dataset, study_bits)) for a in arms}
-    variants = [(st.ARMS[a], st.trial_config(st.best_params(folders[a], a), a, dataset, k, max_epochs, seed=s,
-                                               patience=st.best_patience(folders[a])))
+    variants = [(st.ARMS[a], st.trial_config(st.best_params(folders[a], a), a, dataset, k, seed=s,
+                                               **st.best_budget(folders[a])))
                 for k in bits for a in arms for s in seeds]
     return Experiment(f"tuned-{dataset}", variants, source.runs_dir, source.data_root,
                       Runtime(progress=False, compile_step=True))

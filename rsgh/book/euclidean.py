@@ -32,15 +32,16 @@ def reference_config(dataset: str, bits: int, seed: int):
     return make_config("sgh-reference", dict(data, bits=bits, seed=seed))
 
 
-def experiment(source: Source, dataset: str, bits: Sequence[int], seeds: Sequence[int], max_epochs: int,
-               study_bits: int, arms: Sequence[str] = tuple(st.ARMS)) -> Experiment:
-    """The reference code's linear SGH and each arm's best configuration at every code length and seed."""
+def experiment(source: Source, dataset: str, bits: Sequence[int], seeds: Sequence[int], study_bits: int,
+               arms: Sequence[str] = tuple(st.ARMS)) -> Experiment:
+    """The reference code's linear SGH and each arm's best configuration at every code length and seed (with
+    its study's budget, as :func:`rsgh.book.comparison.tuned_experiment`)."""
     folders = {a: source.study_folder(st.study_name(a, dataset, study_bits)) for a in arms}
     variants = []
     for k in bits:
         variants += [(REFERENCE, reference_config(dataset, k, s)) for s in seeds]
-        variants += [(st.ARMS[a], st.trial_config(st.best_params(folders[a], a), a, dataset, k, max_epochs, seed=s,
-                                               patience=st.best_patience(folders[a])))
+        variants += [(st.ARMS[a], st.trial_config(st.best_params(folders[a], a), a, dataset, k, seed=s,
+                                               **st.best_budget(folders[a])))
                      for a in arms for s in seeds]
     return Experiment(f"euclidean-{dataset}", variants, source.runs_dir, source.data_root,
                       Runtime(progress=False, compile_step=True))

@@ -42,13 +42,20 @@ from .space import (ARMS, CHOICES, DATASETS, PATIENCE, RANGES, arm_method, known
 # its first epoch on. (The round's studies were declared with 6 start-up trials and 2 epochs of warm-up, but the
 # workers loaded the study without its pruner, so Optuna's default, these values, decided every study alike.)
 PRUNER = {"n_startup_trials": 5, "n_warmup_steps": 0}
-# A study's protocol (patience, the pruner's warm-up in epochs) is fixed when it is created and recorded in
-# its journal (:func:`protocol`): the first studies used PATIENCE and PRUNER, which cut configurations that
-# learn slowly (the patents' own configuration on MNIST, :func:`rsgh.book.search.known_point_table`). A
-# study may also start from its arm's known point (:func:`known_params`, asked first, pruned like any trial).
-# PROTOCOLS: a new study's protocol on a dataset, where not the first one. MNIST's: its second searches,
-# after the first missed the patents' configuration (it peaks after epoch 100 at the patents' settings).
-PROTOCOLS = {"mnist": {"patience": 20, "warmup": 20, "known_point": True}}
+# A study's protocol (a trial's maximum epochs and patience, the pruner's warm-up in epochs, whether the arm's
+# known point is asked first: :func:`known_params`, pruned like any trial) is fixed when the study is created
+# and recorded in its journal (:func:`protocol`); its best configuration is retrained with the same budget.
+# The first studies used PROTOCOL, which cuts configurations that learn slowly: on MNIST the search missed the
+# patents' own configuration, which peaks after epoch 100 (:func:`rsgh.book.search.known_point_table`), so
+# MNIST's studies were run again with a protocol of its own (PROTOCOLS).
+PROTOCOL = {"max_epochs": 100, "patience": PATIENCE, "warmup": PRUNER["n_warmup_steps"], "known_point": False}
+PROTOCOLS = {"mnist": {"max_epochs": 200, "patience": 20, "warmup": 20, "known_point": True}}
+
+
+def new_protocol(dataset: str, **asked) -> dict:
+    """The protocol of a new study on ``dataset``: the dataset's (PROTOCOLS, else PROTOCOL), with the values
+    ``asked`` that are not None."""
+    return dict(PROTOCOLS.get(dataset, PROTOCOL), **{k: v for k, v in asked.items() if v is not None})
 def study_name(arm: str, dataset: str, bits: int) -> str:
     arm_method(arm)
     if dataset not in DATASETS:
@@ -129,9 +136,10 @@ def check_study_folder(folder: str | Path, name: str) -> None:
 
 
 def protocol(study) -> dict:
-    """A study's protocol as recorded when it was created: ``patience`` and the median pruner's arguments
-    (``pruner``); a study from before protocols were recorded has PATIENCE and PRUNER."""
-    return {"patience": int(study.user_attrs.get("patience", PATIENCE)),
+    """A study's protocol as recorded when it was created: ``max_epochs``, ``patience`` and the median
+    pruner's arguments (``pruner``); a study from before protocols were recorded has PROTOCOL's."""
+    return {"max_epochs": int(study.user_attrs.get("max_epochs", PROTOCOL["max_epochs"])),
+            "patience": int(study.user_attrs.get("patience", PATIENCE)),
             "pruner": dict(study.user_attrs.get("pruner", PRUNER))}
 
 
@@ -216,51 +224,49 @@ def _requeue_interrupted(study) -> None:
             waiting.append(t.params)
 
 
-def _continue(arm: str, dataset: str, bits: int, max_epochs: int, folder: Path, patience: int | None = None,
-              warmup: int | None = None, known_point: bool | None = None):
-    """The study in ``folder`` (checked to be this study's, then created or continued) with its ranges and
-    budget recorded and the trials a killed process left running asked again. A new study records its
-    protocol (``patience``, the pruner's ``warmup`` epochs, ``known_point``: asks its arm's known point first;
-    None: the dataset's in PROTOCOLS, else PATIENCE, PRUNER's and no known point); a study continued keeps
-    its protocol (a different one asked for is refused: the trials so far were judged by it)."""
+def _continue(arm: str, dataset: str, bits: int, folder: Path, max_epochs: int | None = None,
+              patience: int | None = None, warmup: int | None = None, known_point: bool | None = None):
+    """The study in ``folder`` (checked to be this study's, then created or continued) with its ranges
+    recorded and the trials a killed process left running asked again. A new study records its protocol
+    (:func:`new_protocol`: the dataset's, with the values given) and, with ``known_point``, asks its arm's
+    known point first; a study continued keeps its protocol (a different one asked for is refused: the trials
+    so far were judged by it)."""
     import optuna
 
     check_study_folder(folder, study_name(arm, dataset, bits))
     study = open_study(arm, dataset, bits, folder)
     if not study.trials:
-        new = PROTOCOLS.get(dataset, {})
-        patience = new.get("patience") if patience is None else patience
-        warmup = new.get("warmup") if warmup is None else warmup
-        known_point = new.get("known_point", False) if known_point is None else known_point
-        pruner = dict(PRUNER, n_warmup_steps=PRUNER["n_warmup_steps"] if warmup is None else warmup)
-        study.set_user_attr("patience", PATIENCE if patience is None else patience)
+        new = new_protocol(dataset, max_epochs=max_epochs, patience=patience, warmup=warmup, known_point=known_point)
+        pruner = dict(PRUNER, n_warmup_steps=new["warmup"])
+        study.set_user_attr("max_epochs", new["max_epochs"])
+        study.set_user_attr("patience", new["patience"])
         study.set_user_attr("pruner", pruner)
         study.pruner = optuna.pruners.MedianPruner(**pruner)
-        if known_point:
+        if new["known_point"]:
             study.enqueue_trial(known_params(arm, dataset), user_attrs={"known_point": "the patents' settings"})
     else:
         now = protocol(study)
-        asked = {"patience": patience, "warm-up": warmup}
-        held = {"patience": now["patience"], "warm-up": now["pruner"]["n_warmup_steps"]}
+        held = {"max_epochs": now["max_epochs"], "patience": now["patience"], "warm-up": now["pruner"]["n_warmup_steps"]}
+        asked = {"max_epochs": max_epochs, "patience": patience, "warm-up": warmup}
         for key, value in asked.items():
             if value is not None and value != held[key]:
                 raise ValueError(f"{folder}: the study {study.study_name} runs with {key} {held[key]}, not {value}: "
                                  "a study keeps its protocol; start a new one in another folder")
-        if "patience" not in study.user_attrs:
-            study.set_user_attr("patience", now["patience"])
+        for key in ("max_epochs", "patience"):
+            if key not in study.user_attrs:
+                study.set_user_attr(key, now[key])
     record_ranges(study)
-    study.set_user_attr("max_epochs", max_epochs)
     _requeue_interrupted(study)
     return study
 
 
-def run_study(arm: str, dataset: str, bits: int, trials: int, max_epochs: int, folder: str | Path,
+def run_study(arm: str, dataset: str, bits: int, trials: int, max_epochs: int | None, folder: str | Path,
               scratch: str | Path | None = None, data_root=None, scheduler: str | None = None,
               progress: bool = True, runtime: Runtime | None = None, timings: dict | None = None,
               trial_task=None, patience: int | None = None, warmup: int | None = None,
               known_point: bool | None = None) -> dict:
     """Run the study until it has ``trials`` finished (complete or pruned) trials; write and return
-    ``best.json``. ``folder`` holds the journal and best.json; the trials' run folders go to
+    ``best.json``. A new study's protocol: :func:`new_protocol` (these arguments where not None). ``folder`` holds the journal and best.json; the trials' run folders go to
     ``scratch/<study name>/trials`` (default: ``studies/``).
 
     For the benchmarks: ``timings`` (a dict) receives ``trials``, one record per trial finished here
@@ -277,8 +283,8 @@ def run_study(arm: str, dataset: str, bits: int, trials: int, max_epochs: int, f
     timings = {} if timings is None else timings
     timings.update(trials=[], storage_s=0.0, submit_s=0.0)
     clock = time.perf_counter()
-    study = _continue(arm, dataset, bits, max_epochs, folder, patience, warmup, known_point)
-    patience = protocol(study)["patience"]
+    study = _continue(arm, dataset, bits, folder, max_epochs, patience, warmup, known_point)
+    budget = {k: v for k, v in protocol(study).items() if k in ("max_epochs", "patience")}
     trials_dir = Path(scratch or "studies") / study.study_name / "trials"
     timings["storage_s"] += time.perf_counter() - clock
     client = get_client(scheduler)
@@ -293,7 +299,7 @@ def run_study(arm: str, dataset: str, bits: int, trials: int, max_epochs: int, f
     def submit():
         clock = time.perf_counter()
         trial = study.ask()
-        cfg = trial_config(suggest(trial, arm), arm, dataset, bits, max_epochs, patience=patience)
+        cfg = trial_config(suggest(trial, arm), arm, dataset, bits, seed=0, **budget)
         run_out = str(trials_dir / cfg.run_name())
         trial.set_user_attr("run", cfg.run_name())
         submitted = time.perf_counter()
@@ -385,11 +391,17 @@ def edge_values(study, share: float = 0.1) -> dict:
     return out
 
 
-def best_patience(folder: str | Path) -> int:
-    """The patience of the study whose best configuration is in ``folder`` (its best.json; PATIENCE for a
-    study from before protocols were recorded): a best configuration is retrained with it."""
+def best_budget(folder: str | Path) -> dict:
+    """The training budget of the study whose best configuration is in ``folder`` (its best.json):
+    ``max_epochs`` and ``patience``, with which a best configuration is retrained."""
     path = Path(folder) / "best.json"
-    return int(json.loads(path.read_text()).get("patience", PATIENCE)) if path.exists() else PATIENCE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run the study first (python -m rsgh study ...)")
+    doc = json.loads(path.read_text())
+    if doc.get("max_epochs") is None or doc.get("patience") is None:
+        raise ValueError(f"{path} does not say the study's max_epochs and patience (written by an older rsgh): "
+                         "continue the study (python -m rsgh study ... --out " + str(folder) + ") to write it again")
+    return {"max_epochs": int(doc["max_epochs"]), "patience": int(doc["patience"])}
 
 
 def best_params(folder: str | Path, arm: str) -> dict:
