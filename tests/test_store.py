@@ -96,7 +96,8 @@ def _reads(page: Path) -> list[str] | None:
 
 def test_every_result_a_published_page_shows_is_in_the_store():
     """Each page glues the store entries it read (``store_reads``); each must be in results/ with the files
-    that make it a result: a run's summary and configuration, a study's journal and best configuration."""
+    that make it a result: a run's summary and configuration, a study's journal and best configuration, a
+    superseded study's journal and why it was superseded."""
     missing, read = [], 0
     for name, _, params in pages(PLAN, "book"):
         page = ROOT / "book" / f"{name}.ipynb"
@@ -112,6 +113,8 @@ def test_every_result_a_published_page_shows_is_in_the_store():
                 ok = store.is_stored(path)
             elif entry.startswith("studies/"):
                 ok = (path / "journal.log").exists() and (path / "best.json").exists()
+            elif entry.startswith("superseded/studies/"):  # kept for the record, with why
+                ok = (path / "journal.log").exists() and (path / "why.md").exists()
             else:
                 ok = path.exists()
             if not ok:

@@ -378,3 +378,30 @@ def test_the_protocol_and_the_known_points_trial_are_said_as_the_studies_recorde
     both = search.protocol_text({"sgh": old, "rsgh": new})
     assert "SGH: once 5 trials" in both and "from its first epoch on" in both and "for 5 epochs" in both
     assert "R-SGH: once 5 trials" in both and "from epoch 20 on" in both
+
+
+def test_superseded_searches_are_listed_beside_the_ones_that_replaced_them(tmp_path):
+    """Source.superseded_studies finds the store's superseded studies of a dataset (and notes them as read);
+    superseded_table gives each one's trials, protocol and best value against today's, and its why.md."""
+    from optuna.trial import TrialState
+
+    from rsgh.book import search
+    from rsgh.book.store import Source
+
+    source = Source(mode="render", store=tmp_path)
+    old_folder = tmp_path / "superseded" / "studies" / "mnist-k64-rsgh"
+    old = st._continue("rsgh", "mnist", 64, old_folder, max_epochs=100, patience=5, warmup=0, known_point=False)
+    now = st._continue("rsgh", "mnist", 64, tmp_path / "studies" / "mnist-k64-rsgh")
+    for study, value in ((old, 0.46), (now, 0.49)):
+        trial = study.ask()
+        study.tell(trial, value)
+        study.tell(study.ask(), state=TrialState.PRUNED)
+    (old_folder / "why.md").write_text("It missed the known point.\n")
+    assert source.superseded_studies("cifar10", 64) == {}
+    folders = source.superseded_studies("mnist", 64)
+    assert folders == {"rsgh": old_folder} and source.reads == ["superseded/studies/mnist-k64-rsgh"]
+    table = search.superseded_table({"rsgh": old}, {"rsgh": now}, folders)
+    row = table.iloc[0].to_dict()
+    assert row == {"arm": "R-SGH", "trials": 2, "protocol": "at most 100 epochs, patience 5, pruning from epoch 1",
+                   "best validation mAP": 0.46, "now": 0.49, "why superseded": "It missed the known point."}
+    assert search.protocol_short(now) == "at most 200 epochs, patience 20, pruning from epoch 20"

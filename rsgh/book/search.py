@@ -58,6 +58,26 @@ def protocol_text(studies: dict) -> str:
     return " ".join(f"{st.ARMS[arm]}: {w}." for arm, w in said.items())
 
 
+def protocol_short(study) -> str:
+    """A study's protocol in a few words: its maximum epochs, patience and first epoch of pruning."""
+    p = st.protocol(study)
+    return (f"at most {p['max_epochs']} epochs, patience {p['patience']}, pruning from epoch "
+            f"{max(1, p['pruner']['n_warmup_steps'])}")
+
+
+def superseded_table(old: dict, now: dict, folders: dict) -> pd.DataFrame:
+    """Earlier searches of the same arms, superseded (``old``: arm -> study, their ``folders`` each with a
+    ``why.md``), beside the searches that replaced them (``now``): trials, protocol, best validation mAP
+    then and now, and why each was superseded."""
+    rows = []
+    for arm, study in old.items():
+        c = st.counts(study)
+        why = (folders[arm] / "why.md").read_text(encoding="utf-8").strip()
+        rows.append({"arm": st.ARMS[arm], "trials": c["complete"] + c["pruned"], "protocol": protocol_short(study),
+                     "best validation mAP": study.best_value, "now": now[arm].best_value, "why superseded": why})
+    return pd.DataFrame(rows)
+
+
 def known_point_trial(study) -> str:
     """What became of the study's trial of its known point: its value, or where it was pruned ('' without)."""
     for t in study.trials:

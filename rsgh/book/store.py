@@ -111,6 +111,14 @@ class Source:
         """A study's folder: in the store, except in ``study`` mode (a fresh search in ``studies_dir``)."""
         return self._note((Path(self.studies_dir) if self.mode == "study" else self.store / "studies") / name)
 
+    def superseded_studies(self, dataset: str, bits: int) -> dict:
+        """The store's superseded studies of ``dataset`` at ``bits`` (``superseded/studies/``, kept for the
+        record, each with a ``why.md``): {arm: folder}, in the order of the arms."""
+        from .study import ARMS, study_name
+
+        folders = {a: self.store / "superseded" / "studies" / study_name(a, dataset, bits) for a in ARMS}
+        return {a: self._note(f) for a, f in folders.items() if (f / "journal.log").exists()}
+
     def runs(self, experiment):
         """The experiment's results: read from the store (render), else trained and read from the run
         folders (publish: each finished run also copied into the store)."""
