@@ -334,8 +334,9 @@ def test_a_study_may_start_from_its_arms_known_point(tmp_path):
 
 
 def test_a_known_configuration_that_beats_the_search_is_reported():
-    """known_point_table: the patents' runs' best validation mAP (mean over seeds, at the studies' code length)
-    against each arm's search; the arms whose search it beats are named, with the numbers."""
+    """known_point_table: the patents' runs' best validation mAP at the studies' code length, at the trials'
+    seed (else the mean over seeds), against each arm's search; the arms whose search it beats are named, with
+    the numbers."""
     from rsgh.book import search
 
     studies = {}
@@ -345,17 +346,22 @@ def test_a_known_configuration_that_beats_the_search_is_reported():
                                                   user_attrs={"best_epoch": 1, "epochs": 6}))
         studies[arm] = study
     finals = pd.DataFrame({"method": ["SGH"] * 3 + ["R-SGH"] * 3 + ["R-SGH"], "bits": [64] * 6 + [32],
+                           "seed": [0, 1, 2, 0, 1, 2, 0],
                            "best_val_map": [0.46, 0.47, 0.48, 0.50, 0.51, 0.52, 0.9],
                            "best_epoch": [30, 40, 50, 170, 180, 190, 5]})
     table = search.known_point_table(studies, finals, 64)
-    assert table["patents' settings: best validation mAP"].tolist() == pytest.approx([0.47, 0.47, 0.51])
+    assert table["known point: best validation mAP"].tolist() == pytest.approx([0.46, 0.46, 0.50])  # seed 0's
+    assert table["mean over seeds"].tolist() == pytest.approx([0.47, 0.47, 0.51])
     assert table["the search found better"].tolist() == ["yes", "no", "no"]
     text = search.known_point_text(table, "MNIST")
-    assert "SGH, R-SGH's architecture (0.470 at epoch 40" in text and "R-SGH (0.510 at epoch 180" in text
+    assert "SGH, R-SGH's architecture (0.460 at epoch 30, seed 0" in text and "R-SGH (0.500 at epoch 170, seed 0" in text
     assert "not conclusive" in search.known_point_text(table, "MNIST", short=True)
     fine = search.known_point_table({"sgh": studies["sgh"]}, finals, 64)
     assert search.known_point_text(fine, "MNIST", short=True) == "" and "every search" in search.known_point_text(fine, "MNIST")
     assert search.known_point_table(studies, finals.iloc[:0], 64).empty
+    other = search.known_point_table(studies, finals[finals["seed"] > 0], 64)  # no seed 0: the mean over seeds
+    assert other["compared at"].tolist() == ["mean of 2 seeds"] * 3
+    assert other["known point: best validation mAP"].tolist() == pytest.approx([0.475, 0.475, 0.515])
 
 
 def test_the_protocol_and_the_known_points_trial_are_said_as_the_studies_recorded_them(tmp_path):
