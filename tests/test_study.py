@@ -362,6 +362,29 @@ def test_a_known_configuration_that_beats_the_search_is_reported():
     other = search.known_point_table(studies, finals[finals["seed"] > 0], 64)  # no seed 0: the mean over seeds
     assert other["compared at"].tolist() == ["mean of 2 seeds"] * 3
     assert other["known point: best validation mAP"].tolist() == pytest.approx([0.475, 0.475, 0.515])
+    noise = np.where(finals["method"] == "R-SGH", 0.021, 0.001)  # R-SGH: 0.46 >= 0.50 - 2 x 0.021; SGH-arch: 0.45 < 0.458
+    noisy = search.known_point_table(studies, finals.assign(val_noise=noise), 64)
+    assert noisy["the search found better"].tolist() == ["yes", "no", "within noise"]
+    text = search.known_point_text(noisy, "MNIST")
+    assert "R-SGH's search (0.460) lies below its known point (0.500 at epoch 170, seed 0) by less than 2 times" in text
+    assert "for SGH, R-SGH's architecture (0.460" in text and "R-SGH (0.500" not in text.split("lies below")[0]
+
+
+def test_the_evaluation_noise_of_a_run_is_read_from_the_second_half_of_its_curve():
+    """with_evaluation_noise: the sd of consecutive differences of the second half's validation mAP over sqrt(2),
+    against numpy on the same numbers; a climbing first half does not count."""
+    from rsgh.book import search
+    from rsgh.book.experiments import Results
+
+    rng = np.random.default_rng(0)
+    late = 0.5 + rng.normal(0, 0.01, 50)
+    values = np.concatenate([np.linspace(0.1, 0.5, 50), late])
+    curves = pd.DataFrame({"run": "a", "epoch": np.arange(1, 101), "iteration": np.arange(1, 101) * 10, "val_map": values})
+    curves = pd.concat([pd.DataFrame({"run": ["a"], "epoch": [0], "iteration": [0], "val_map": [0.0]}), curves])
+    finals = pd.DataFrame({"run": ["a"], "best_val_map": [values.max()]})
+    out = search.with_evaluation_noise(Results([], curves, finals))
+    assert out["val_noise"].iloc[0] == pytest.approx(np.std(np.diff(late), ddof=1) / np.sqrt(2))
+    assert 0.007 < out["val_noise"].iloc[0] < 0.013  # the noise drawn, sd 0.01
 
 
 def test_the_protocol_and_the_known_points_trial_are_said_as_the_studies_recorded_them(tmp_path):
