@@ -77,6 +77,32 @@ def test_render_reads_the_store_only_and_names_what_is_missing(tmp_path):
         store.Source("fast")
 
 
+def test_publish_trains_only_the_runs_the_store_lacks(tmp_path, monkeypatch):
+    """A run already in the store is never trained again when publishing (the store outlives the machine: its
+    runs/ folder may be gone); the runs it lacks are trained, copied into it, and every result is read from it."""
+    cfgs = [make_config("e1-sgh", {"epochs": 1, "seed": s}) for s in (0, 1)]
+    experiment = Experiment("e1", [("default", c) for c in cfgs], tmp_path / "runs")
+    source = store.Source("publish", tmp_path / "store")
+    stored = tmp_path / "made" / cfgs[0].run_name()
+    _fake_run(stored, cfgs[0], mean=0.1)
+    store.export_run(stored, source.run_folder(cfgs[0]))
+    asked = []
+
+    def run(self):  # the training: what it is asked for, made as a finished run folder
+        asked.extend(c.seed for _, c in self.variants)
+        for _, c in self.variants:
+            _fake_run(Path(self.runs_dir) / c.dataset / c.run_name(), c, mean=0.2)
+        return type("R", (), {"dirs": self.dirs()})()
+
+    monkeypatch.setattr(Experiment, "run", run)
+    results = source.runs(experiment)
+    assert asked == [1] and list(results.finals["recon_mse"]) == [0.1, 0.2]
+    assert all(store.is_stored(source.run_folder(c)) for c in cfgs) and results.dirs[1] == source.run_folder(cfgs[1])
+    asked.clear()
+    source.runs(experiment)
+    assert asked == []  # all stored now: nothing trained
+
+
 def test_a_study_is_read_from_the_store_except_when_studies_are_rerun(tmp_path):
     assert store.Source("render", tmp_path / "s").study_folder("x") == tmp_path / "s" / "studies" / "x"
     assert store.Source("train", tmp_path / "s").study_folder("x") == tmp_path / "s" / "studies" / "x"

@@ -120,12 +120,21 @@ class Source:
         return {a: self._note(f) for a, f in folders.items() if (f / "journal.log").exists()}
 
     def runs(self, experiment):
-        """The experiment's results: read from the store (render), else trained and read from the run
-        folders (publish: each finished run also copied into the store)."""
+        """The experiment's results: read from the store (render); trained and read from the run folders
+        (train, study); publish: the runs the store lacks trained and copied into it, then all read from it
+        (a run the store holds is never trained again)."""
+        from dataclasses import replace
+
         from ..train.rundir import read_runs
         from .experiments import Results
 
-        if not self.trains:
+        if self.mode == "publish":
+            missing = [(v, cfg) for v, cfg in experiment.variants if not is_stored(self.run_folder(cfg))]
+            if missing:
+                made = replace(experiment, variants=missing).run()
+                for (_, cfg), d in zip(missing, made.dirs):
+                    export_run(d, self.run_folder(cfg))
+        if self.mode in ("render", "publish"):
             dirs = [self.run_folder(cfg) for _, cfg in experiment.variants]
             missing = [str(d) for d in dirs if not is_stored(d)]
             if missing:  # nothing read (a page whose data is not at hand says so instead of showing results)
@@ -135,11 +144,7 @@ class Source:
                                         "levels)")
             curves, finals = read_runs([self._note(d) for d in dirs], [v for v, _ in experiment.variants])
             return Results(dirs, curves, finals)
-        results = experiment.run()
-        if self.mode == "publish":
-            for (_, cfg), d in zip(experiment.variants, results.dirs):
-                export_run(d, self.run_folder(cfg))
-        return results
+        return experiment.run()
 
     def table(self, name: str, compute) -> pd.DataFrame:
         """A derived table (the baselines'): from the store when it holds ``name``, else ``compute()``d
