@@ -56,9 +56,8 @@ def tuned_experiment(source: Source, dataset: str, bits: Sequence[int], seeds: S
     with its study's budget (its trials' maximum epochs and patience); the variant of each run is its arm's
     label."""
     folders = {a: source.study_folder(st.study_name(a, dataset, study_bits)) for a in arms}
-    variants = [(st.ARMS[a], st.trial_config(st.best_params(folders[a], a), a, dataset, k, seed=s,
-                                               **st.best_budget(folders[a])))
-                for k in bits for a in arms for s in seeds]
+    best = {a: st.best_configs(folders[a], a, dataset, bits, seeds) for a in arms}
+    variants = [(st.ARMS[a], best[a][k, s]) for k in bits for a in arms for s in seeds]
     return Experiment(f"tuned-{dataset}", variants, source.runs_dir, source.data_root,
                       Runtime(progress=False, compile_step=True))
 

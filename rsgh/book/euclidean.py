@@ -37,12 +37,10 @@ def experiment(source: Source, dataset: str, bits: Sequence[int], seeds: Sequenc
     """The reference code's linear SGH and each arm's best configuration at every code length and seed (with
     its study's budget, as :func:`rsgh.book.comparison.tuned_experiment`)."""
     folders = {a: source.study_folder(st.study_name(a, dataset, study_bits)) for a in arms}
-    variants = []
+    best, variants = {a: st.best_configs(folders[a], a, dataset, bits, seeds) for a in arms}, []
     for k in bits:
         variants += [(REFERENCE, reference_config(dataset, k, s)) for s in seeds]
-        variants += [(st.ARMS[a], st.trial_config(st.best_params(folders[a], a), a, dataset, k, seed=s,
-                                               **st.best_budget(folders[a])))
-                     for a in arms for s in seeds]
+        variants += [(st.ARMS[a], best[a][k, s]) for a in arms for s in seeds]
     return Experiment(f"euclidean-{dataset}", variants, source.runs_dir, source.data_root,
                       Runtime(progress=False, compile_step=True))
 

@@ -10,7 +10,6 @@ validation mAP than the search's best (:func:`known_point_table`).
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 

@@ -12,7 +12,7 @@ R-SGH beats the best SGH of any architecture.
 
 A study searches one arm on one dataset at one code length (:func:`suggest`). Each trial trains one
 model (seed 0) with the compiled step, evaluates the validation mAP after every epoch, keeps its best
-epoch (stopping after ``PATIENCE`` evaluations without a better one) and reports each value to Optuna,
+epoch (stopping after the study's patience in evaluations without a better one) and reports each value to Optuna,
 whose median pruner stops trials behind the median of earlier ones at the same epoch. The test
 queries are never looked at here: a trial's value is its best validation mAP, and its run folder has no
 test-query reports.
@@ -93,7 +93,7 @@ def open_study(arm: str, dataset: str, bits: int, folder: str | Path, create: bo
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
     else:
         study = optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler)
-    study.pruner = optuna.pruners.MedianPruner(**protocol(study)["pruner"])
+    study.pruner = _pruner(study)
     return study
 
 
@@ -143,13 +143,20 @@ def protocol(study) -> dict:
             "pruner": dict(study.user_attrs.get("pruner", PRUNER))}
 
 
+def _pruner(study):
+    """The median pruner of the study's protocol (the workers' hooks and the study as opened use this one)."""
+    import optuna
+
+    return optuna.pruners.MedianPruner(**protocol(study)["pruner"])
+
+
 def _report_hook(folder: str, study_name: str, trial_id: int):
     """A training hook that reports each validation mAP to Optuna and stops a pruned trial (by the pruner
     of the study's protocol)."""
     import optuna
 
     study = optuna.load_study(study_name=study_name, storage=journal_storage(folder))
-    study.pruner = optuna.pruners.MedianPruner(**protocol(study)["pruner"])
+    study.pruner = _pruner(study)
     trial = optuna.trial.Trial(study, trial_id)
 
     def hook(g, row):
@@ -231,17 +238,14 @@ def _continue(arm: str, dataset: str, bits: int, folder: Path, max_epochs: int |
     (:func:`new_protocol`: the dataset's, with the values given) and, with ``known_point``, asks its arm's
     known point first; a study continued keeps its protocol (a different one asked for is refused: the trials
     so far were judged by it)."""
-    import optuna
-
     check_study_folder(folder, study_name(arm, dataset, bits))
     study = open_study(arm, dataset, bits, folder)
     if not study.trials:
         new = new_protocol(dataset, max_epochs=max_epochs, patience=patience, warmup=warmup, known_point=known_point)
-        pruner = dict(PRUNER, n_warmup_steps=new["warmup"])
         study.set_user_attr("max_epochs", new["max_epochs"])
         study.set_user_attr("patience", new["patience"])
-        study.set_user_attr("pruner", pruner)
-        study.pruner = optuna.pruners.MedianPruner(**pruner)
+        study.set_user_attr("pruner", dict(PRUNER, n_warmup_steps=new["warmup"]))
+        study.pruner = _pruner(study)
         if new["known_point"]:
             study.enqueue_trial(known_params(arm, dataset), user_attrs={"known_point": "the patents' settings"})
     else:
@@ -391,19 +395,6 @@ def edge_values(study, share: float = 0.1) -> dict:
     return out
 
 
-def best_budget(folder: str | Path) -> dict:
-    """The training budget of the study whose best configuration is in ``folder`` (its best.json):
-    ``max_epochs`` and ``patience``, with which a best configuration is retrained."""
-    path = Path(folder) / "best.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run the study first (python -m rsgh study ...)")
-    doc = json.loads(path.read_text())
-    if doc.get("max_epochs") is None or doc.get("patience") is None:
-        raise ValueError(f"{path} does not say the study's max_epochs and patience (written by an older rsgh): "
-                         "continue the study (python -m rsgh study ... --out " + str(folder) + ") to write it again")
-    return {"max_epochs": int(doc["max_epochs"]), "patience": int(doc["patience"])}
-
-
 def best_params(folder: str | Path, arm: str) -> dict:
     """The parameters of a finished study's best trial, as :func:`suggest` gives them (from best.json)."""
     import optuna
@@ -417,3 +408,23 @@ def best_params(folder: str | Path, arm: str) -> dict:
     except ValueError as err:  # FixedTrial: a value outside today's search space
         raise ValueError(f"{path}: the best parameters ({err}) are outside the search space of this version of "
                          "rsgh; the study was run with another one: run it again in a new folder") from None
+
+
+def best_budget(folder: str | Path) -> dict:
+    """The training budget of the study whose best configuration is in ``folder`` (its best.json):
+    ``max_epochs`` and ``patience``, with which a best configuration is retrained."""
+    path = Path(folder) / "best.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run the study first (python -m rsgh study ...)")
+    doc = json.loads(path.read_text())
+    if doc.get("max_epochs") is None or doc.get("patience") is None:
+        raise ValueError(f"{path} does not say the study's max_epochs and patience (written by an older rsgh): "
+                         "continue the study (python -m rsgh study ... --out " + str(folder) + ") to write it again")
+    return {"max_epochs": int(doc["max_epochs"]), "patience": int(doc["patience"])}
+
+
+def best_configs(folder: str | Path, arm: str, dataset: str, bits, seeds) -> dict:
+    """The best configuration of the study in ``folder`` at every code length and seed, trained with the
+    study's budget (:func:`best_budget`): {(bits, seed): Config}, best.json read once."""
+    params, budget = best_params(folder, arm), best_budget(folder)
+    return {(k, s): trial_config(params, arm, dataset, k, seed=s, **budget) for k in bits for s in seeds}
