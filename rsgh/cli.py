@@ -105,7 +105,7 @@ def cmd_study(args) -> int:
         raise ValueError(f"--patience must be positive and --warmup not negative, got {args.patience} and {args.warmup}")
     best = run_study(args.arm, args.dataset, args.bits, args.trials, args.max_epochs, args.out, args.scratch,
                      args.data_root, args.scheduler, progress=not args.quiet, patience=args.patience,
-                     warmup=args.warmup, known_point=args.known_point)
+                     warmup=args.warmup, known_point=args.known_point, keep_trials=args.keep_trials)
     print(json.dumps(best))
     return 0
 
@@ -262,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--known-point", action="store_true",
                     default=None, help="a new study asks its arm's method at the patents' settings first (pruned like "
                                        "any trial; default: the dataset's protocol, on MNIST)")
+    st.add_argument("--keep-trials", type=path_arg,
+                    help="a folder that receives each trial's small files (configuration, metrics, summary; no "
+                         "weights) as it ends, e.g. results/trials/<study name> beside the store's study")
     st.add_argument("--quiet", action="store_true", help="no line per trial")
     st.set_defaults(func=cmd_study)
     _add_index_parsers(sub)

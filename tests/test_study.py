@@ -434,3 +434,47 @@ def test_superseded_searches_are_listed_beside_the_ones_that_replaced_them(tmp_p
     assert row == {"arm": "R-SGH", "trials": 2, "protocol": "at most 100 epochs, patience 5, pruning from epoch 1",
                    "best validation mAP": 0.46, "now": 0.49, "why superseded": "It missed the known point."}
     assert search.protocol_short(now) == "at most 200 epochs, patience 20, pruning from epoch 20"
+
+
+def _fake_trial(cfg, out, data_root, folder, study_name, trial_id, runtime=None):
+    """A trial that writes what a finished run writes (its configuration, curve and summary) and reports its
+    seed-free learning rate as its value: run_study's bookkeeping without training."""
+    import json
+    from pathlib import Path
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(cfg.to_json())
+    (out / "metrics.csv").write_text("epoch,val_map\n1,0.1\n2,0.2\n")
+    (out / "summary.json").write_text(json.dumps({"val_map": cfg.lr}))
+    (out / "model.pt").write_bytes(b"weights are never kept")
+    return {"state": "complete", "value": cfg.lr, "best_epoch": 2, "epochs": 2, "seconds": 0.0}
+
+
+def test_a_studys_trials_are_kept_in_the_store_as_they_end(tmp_path, monkeypatch):
+    """keep_trials: every finished trial's small files (not its weights) are copied as the trial ends, byte for
+    byte, into a folder of its own named by the trial's run; a trial whose run folder is absent is an error."""
+    import json
+
+    from distributed import Client
+
+    from rsgh.book import schedule
+    from rsgh.train import task
+
+    monkeypatch.setattr(task, "task_data", lambda *a, **k: None)  # features are not needed by the fake trials
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        monkeypatch.setattr(schedule, "_CLIENT", client)
+        keep = tmp_path / "results" / "trials" / "mnist-k64-sgh"
+        best = st.run_study("sgh", "mnist", 64, 3, None, tmp_path / "study", scratch=tmp_path / "scratch",
+                            progress=False, trial_task=_fake_trial, keep_trials=keep)
+        study = st.open_study("sgh", "mnist", 64, tmp_path / "study", create=False)
+        runs = sorted(t.user_attrs["run"] for t in study.trials)
+        assert sorted(p.name for p in keep.iterdir()) == runs and len(runs) == 3
+        for run in runs:
+            scratch = tmp_path / "scratch" / study.study_name / "trials" / run
+            for name in ("config.json", "metrics.csv", "summary.json"):
+                assert (keep / run / name).read_bytes() == (scratch / name).read_bytes()
+            assert not (keep / run / "model.pt").exists()
+        assert json.loads((keep / best["run"] / "summary.json").read_text())["val_map"] == best["validation_map"]
+    with pytest.raises(FileNotFoundError, match="the trial's run folder is not on this machine"):
+        st._keep_trial(tmp_path / "nowhere" / "sgh-k64-s0-0", keep)

@@ -38,8 +38,9 @@ def ensure_study(source: Source, dataset: str, arm: str, bits: int, trials: int,
         study = st.open_study(arm, dataset, bits, folder)
         c = st.counts(study)
         if c["complete"] + c["pruned"] < trials or not (folder / "best.json").exists():
+            keep = Path(source.store) / "trials" / name if source.mode == "publish" else None
             st.run_study(arm, dataset, bits, trials, max_epochs or None, folder, source.studies_dir, source.data_root,
-                         progress=False)
+                         progress=False, keep_trials=keep)
         return folder
     study = st.open_study(arm, dataset, bits, folder, create=False)
     c = st.counts(study)

@@ -268,10 +268,12 @@ def run_study(arm: str, dataset: str, bits: int, trials: int, max_epochs: int | 
               scratch: str | Path | None = None, data_root=None, scheduler: str | None = None,
               progress: bool = True, runtime: Runtime | None = None, timings: dict | None = None,
               trial_task=None, patience: int | None = None, warmup: int | None = None,
-              known_point: bool | None = None) -> dict:
+              known_point: bool | None = None, keep_trials: str | Path | None = None) -> dict:
     """Run the study until it has ``trials`` finished (complete or pruned) trials; write and return
     ``best.json``. A new study's protocol: :func:`new_protocol` (these arguments where not None). ``folder`` holds the journal and best.json; the trials' run folders go to
-    ``scratch/<study name>/trials`` (default: ``studies/``).
+    ``scratch/<study name>/trials`` (default: ``studies/``). ``keep_trials``: a folder (the store's
+    ``results/trials/<study name>``) that receives each trial's small files (:func:`~rsgh.book.store.export_run`:
+    configuration, metrics, summary; no weights) as the trial ends, so its training curve outlives the scratch.
 
     For the benchmarks: ``timings`` (a dict) receives ``trials``, one record per trial finished here
     (its number, its result from :func:`run_trial`, when it was submitted and when its result came
@@ -327,6 +329,8 @@ def run_study(arm: str, dataset: str, bits: int, trials: int, max_epochs: int | 
         received, clock = time.time(), time.perf_counter()
         for key in ("best_epoch", "epochs", "seconds", "state"):
             trial.set_user_attr(key, result[key])
+        if keep_trials is not None:
+            _keep_trial(trials_dir / trial.user_attrs["run"], Path(keep_trials))
         state = TrialState.COMPLETE if result["state"] == "complete" else TrialState.PRUNED
         study.tell(trial, None if state == TrialState.PRUNED else result["value"], state=state)
         study.set_user_attr("wall_seconds", wall_before + time.time() - t0)
@@ -344,6 +348,18 @@ def run_study(arm: str, dataset: str, bits: int, trials: int, max_epochs: int | 
     best = write_best(study, folder)
     timings["storage_s"] += time.perf_counter() - clock
     return best
+
+
+def _keep_trial(run: Path, keep: Path) -> None:
+    """A finished trial's small files into ``keep/<run name>`` (a trial already kept is left alone: a trial asked
+    again after an interruption has the same configuration and run name)."""
+    from .store import export_run, is_stored
+
+    if not (run / "config.json").exists():
+        raise FileNotFoundError(f"{run}: the trial's run folder is not on this machine (a Dask cluster without a "
+                                "shared file system?); run the study without keep_trials / --keep-trials")
+    if not is_stored(keep / run.name):
+        export_run(run, keep / run.name)
 
 
 def write_best(study, folder: Path) -> dict:
