@@ -174,6 +174,17 @@ def test_the_verdict_table_corrects_over_deciding_rows_and_drops_untrained_runs(
     sentence = vd.headline_sentence([strong, weak], table.iloc[:2])
     assert "R-SGH does not beat SGH" in sentence or "Not shown" in sentence
     assert "helps in 1 of 1" in sentence
+    assert "R-SGH minus the best SGH in test mAP, by dataset: MNIST +0.008 (every raw 95% interval includes 0)." in sentence
+    # per dataset: what the raw intervals and the Holm verdicts say, each dataset in its own words
+    def row(d, k, a, b, claim="(ii) beats best"):
+        return vd.compare(claim, f"{d}, K = {k}", "tuned", side(a), side(b), "map")
+    down, up = [0.40, 0.41, 0.39, 0.40, 0.42], [0.50, 0.51, 0.49, 0.50, 0.52]
+    mixed = ([row("CIFAR-10", k, down, up) for k in (32, 64)] + [row("MNIST", 32, [0.50, 0.46, 0.53, 0.47, 0.52], down)]
+             + [row("X", k, [0.5] * 5, [0.5] * 5, "(i) terms help") for k in range(30)])
+    said = vd.by_dataset(mixed, vd.table(mixed), "(ii)", "R-SGH minus the best SGH")
+    assert said == ("R-SGH minus the best SGH in test mAP, by dataset: CIFAR-10 -0.100 (SGH ahead at 2 of 2 "
+                    "code lengths after Holm's correction); MNIST +0.092 (R-SGH ahead in 1 of 1 raw 95% intervals, at "
+                    "no code length after Holm's correction).")
     patents = vd.compare("(c) patents", "MNIST, K = 64", "patents' settings", side([0.50, 0.51, 0.49, 0.50, 0.52]),
                          side([0.40, 0.41, 0.39, 0.40, 0.42]), "map")
     with_c = vd.headline_sentence([patents], vd.table([strong, weak, patents]), caveats=["Careful.", ""])

@@ -204,6 +204,36 @@ def _raw_ahead(table: pd.DataFrame, tag: str) -> list[str]:
     return [f"{d} ({e.split(' [')[0]})" for d, e in zip(part["data"], part["effect [95% interval]"])]
 
 
+def by_dataset(rows: list[Row], table: pd.DataFrame, tag: str, what: str) -> str:
+    """One clause per dataset of a claim's rows (``tag``, e.g. "(ii)"): the range of ``what`` (e.g. "R-SGH minus
+    the best SGH") over its code lengths and what the raw intervals and the Holm verdicts say of it."""
+    parts, picked = [], [(r, rec) for r, rec in zip(rows, table.to_dict("records")) if r.claim.startswith(tag + " ")]
+    for d in dict.fromkeys(r.data.split(",")[0] for r, _ in picked):
+        mine = [(r, rec) for r, rec in picked if r.data.split(",")[0] == d]
+        means = [r.effect.mean for r, _ in mine]
+        low, high = f"{min(means):+.3f}", f"{max(means):+.3f}"
+        span = low if low == high else f"{low} to {high}"
+        t = len(mine)
+        holm_for = sum(rec["verdict (Holm)"] == "supported" for _, rec in mine)
+        holm_against = sum(rec["verdict (Holm)"] == "not supported" for _, rec in mine)
+        raw_for = sum(r.effect.verdict == "supported" for r, _ in mine)
+        raw_against = sum(r.effect.verdict == "not supported" for r, _ in mine)
+        if holm_for or holm_against:
+            said = "; ".join(x for x in (
+                f"R-SGH ahead at {holm_for} of {t} code lengths" if holm_for else "",
+                f"SGH ahead at {holm_against} of {t} code lengths" if holm_against else "") if x)
+            said += " after Holm's correction"
+        elif raw_for or raw_against:
+            said = "; ".join(x for x in (
+                f"R-SGH ahead in {raw_for} of {t} raw 95% intervals" if raw_for else "",
+                f"SGH ahead in {raw_against} of {t} raw 95% intervals" if raw_against else "") if x)
+            said += ", at no code length after Holm's correction"
+        else:
+            said = "every raw 95% interval includes 0"
+        parts.append(f"{d} {span} ({said})")
+    return f"{what} in test mAP, by dataset: " + "; ".join(parts) + "." if parts else ""
+
+
 def headline_sentence(rows: list[Row], table: pd.DataFrame, caveats: Sequence[str] = (),
                       open_datasets: Sequence[str] = ()) -> str:
     """The answer in a few sentences, from the Holm verdicts of questions (ii) and (i) and of claim (c) (the
@@ -230,9 +260,13 @@ def headline_sentence(rows: list[Row], table: pd.DataFrame, caveats: Sequence[st
         answer = (f"**Mixed: tuned with the same search budget, R-SGH beats the best SGH in {s} of {t} comparisons and "
                   f"SGH is ahead in {n}**")
     answer += f" ({t - s - n} undecided, after Holm's correction)." if t - s - n else " (after Holm's correction)."
+    answer += " " + by_dataset(rows, table, "(ii)", "R-SGH minus the best SGH") if t else ""
     helps, hurts = terms["supported"], terms["not supported"]
     answer += (f" Against SGH in R-SGH's own architecture, adding R-SGH's terms helps in {helps} of "
-               f"{terms['total']} comparisons, hurts in {hurts}, and leaves {terms['total'] - helps - hurts} undecided.")
+               f"{terms['total']} comparisons, hurts in {hurts}, and leaves {terms['total'] - helps - hurts} undecided")
+    raw_terms = _raw_ahead(table, "(i)")
+    answer += (f"; its raw 95% interval lies above 0 in {len(raw_terms)}: {', '.join(raw_terms)}, not after Holm's "
+               "correction." if raw_terms else ".")
     patents = _count(table, "(c)")
     if patents["total"]:
         answer += (f" At the patents' settings (the same network for both, trained for the patents' epochs), R-SGH "
