@@ -489,3 +489,27 @@ def test_a_studys_trials_are_kept_in_the_store_as_they_end(tmp_path, monkeypatch
         assert json.loads((keep / best["run"] / "summary.json").read_text())["val_map"] == best["validation_map"]
     with pytest.raises(FileNotFoundError, match="the trial's run folder is not on this machine"):
         st._keep_trial(tmp_path / "nowhere" / "sgh-k64-s0-0", keep)
+
+
+def test_a_best_trial_that_owes_its_rank_to_its_seed_is_named():
+    """seed_luck_table: the best trial's value beside the other seeds' (mean, sd, max, margin in sd, computed
+    here by hand); the text names an arm only when the trial's seed lies above every other seed by more than
+    LUCK_MARGIN of their deviations."""
+    import types
+
+    from rsgh.book import search, study as st
+
+    finals = pd.DataFrame({"method": [st.ARMS["sgh"]] * 5 + [st.ARMS["rsgh"]] * 5, "bits": 64,
+                           "seed": list(range(5)) * 2,
+                           "best_val_map": [0.53, 0.43, 0.44, 0.42, 0.45, 0.49, 0.48, 0.50, 0.49, 0.51]})
+    studies = {"sgh": types.SimpleNamespace(best_value=0.53), "rsgh": types.SimpleNamespace(best_value=0.49)}
+    table = search.seed_luck_table(studies, finals, 64)
+    others = np.array([0.43, 0.44, 0.42, 0.45])
+    row = table.iloc[0]
+    assert row["other seeds: mean"] == pytest.approx(others.mean()) and row["max"] == pytest.approx(0.45)
+    assert row["its seed's margin (sd)"] == pytest.approx((0.53 - others.mean()) / others.std(ddof=1))
+    text = search.seed_luck_text(table)
+    assert "The best configuration of SGH (0.530 with the trials' seed against 0.435 ± 0.013 over 4 other seeds" in text
+    assert "R-SGH (" not in text
+    assert "no best trial owes its rank" in search.seed_luck_text(table.iloc[1:])
+    assert search.seed_luck_text(table.iloc[:0]) == ""

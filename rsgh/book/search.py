@@ -168,6 +168,49 @@ def known_point_text(table: pd.DataFrame, dataset_name: str, short: bool = False
             f"comparison on {dataset_name} is therefore not conclusive on its own." + close_text)
 
 
+def seed_luck_table(studies: dict, tuned_finals: pd.DataFrame, bits: int, seed: int = 0) -> pd.DataFrame:
+    """Each arm's best trial beside its configuration retrained with the other seeds, on the validation queries
+    at the studies' code length ``bits``: every trial trains with one seed (``seed``), so a search's best value is
+    partly that seed's luck. ``tuned_finals``: the retrained runs (``method`` the arm's label, ``best_val_map``).
+    "its seed's margin" is the trial's seed's value minus the other seeds' mean, in their standard deviations."""
+    rows = []
+    at = tuned_finals[tuned_finals["bits"] == bits]
+    for arm, study in studies.items():
+        runs = at[at["method"] == st.ARMS[arm]]
+        others = runs[runs["seed"] != seed]["best_val_map"]
+        if not len(others):
+            continue
+        same = runs[runs["seed"] == seed]["best_val_map"]
+        sd = float(others.std(ddof=1)) if len(others) > 1 else np.nan
+        rows.append({"arm": st.ARMS[arm], "search's best validation mAP": study.best_value,
+                     f"retrained, seed {seed}": float(same.mean()) if len(same) else np.nan,
+                     "other seeds: mean": float(others.mean()), "sd": sd, "min": float(others.min()),
+                     "max": float(others.max()), "seeds": len(others),
+                     "its seed's margin (sd)": (study.best_value - float(others.mean())) / sd if sd > 0 else np.nan})
+    return pd.DataFrame(rows)
+
+
+LUCK_MARGIN = 3  # a best trial above every other seed by more than this many of their deviations: its seed's luck
+
+
+def seed_luck_text(table: pd.DataFrame) -> str:
+    """What :func:`seed_luck_table` says, in words ('' when it is empty)."""
+    if table.empty:
+        return ""
+    found = "search's best validation mAP"
+    lucky = table[(table[found] > table["max"]) & (table["its seed's margin (sd)"] > LUCK_MARGIN)]
+    text = ("**The search's seed.** Every trial trains with one seed, so a search's best value is partly that seed's "
+            "luck; the table gives each best configuration's validation mAP with the other seeds.")
+    if lucky.empty:
+        return text + (" For every arm the other seeds reach the search's best value within "
+                       f"{LUCK_MARGIN} of their standard deviations or above it: no best trial owes its rank to its seed alone.")
+    parts = [f"{r['arm']} ({r[found]:.3f} with the trials' seed against {r['other seeds: mean']:.3f} ± {r['sd']:.3f} "
+             f"over {r['seeds']} other seeds, at most {r['max']:.3f})" for r in lucky.to_dict("records")]
+    return text + (" The best configuration of " + "; of ".join(parts) + f" lies above what it reaches with any other "
+                   f"seed, by more than {LUCK_MARGIN} of their standard deviations: the search picked it partly for its "
+                   "seed's luck, and the tuned means over every seed above are what the configuration gives.")
+
+
 def ranges_table(studies: dict) -> pd.DataFrame:
     """One row per continuous parameter: the range searched and its scale (widened ranges: from what), and
     each arm's best value with where it lies in the range (0 = low end, 1 = high end; in log scale for a log
