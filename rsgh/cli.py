@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "any trial; default: the dataset's protocol, on MNIST)")
     st.add_argument("--keep-trials", type=path_arg,
                     help="a folder that receives each trial's small files (configuration, metrics, summary; no "
-                         "weights) as it ends, e.g. results/trials/<study name> beside the store's study")
+                         "weights, no per-unit statistics) as it ends, e.g. results/trials/<study name> beside the store's study")
     st.add_argument("--quiet", action="store_true", help="no line per trial")
     st.set_defaults(func=cmd_study)
     _add_index_parsers(sub)

@@ -459,11 +459,12 @@ def _fake_trial(cfg, out, data_root, folder, study_name, trial_id, runtime=None)
     (out / "metrics.csv").write_text("epoch,val_map\n1,0.1\n2,0.2\n")
     (out / "summary.json").write_text(json.dumps({"val_map": cfg.lr}))
     (out / "model.pt").write_bytes(b"weights are never kept")
+    (out / "units.csv").write_text("epoch,unit,activity\n1,0,0.5\n")  # nor per-unit statistics
     return {"state": "complete", "value": cfg.lr, "best_epoch": 2, "epochs": 2, "seconds": 0.0}
 
 
 def test_a_studys_trials_are_kept_in_the_store_as_they_end(tmp_path, monkeypatch):
-    """keep_trials: every finished trial's small files (not its weights) are copied as the trial ends, byte for
+    """keep_trials: every finished trial's small files (not its weights, nor its per-unit statistics) are copied as the trial ends, byte for
     byte, into a folder of its own named by the trial's run; a trial whose run folder is absent is an error."""
     import json
 
@@ -485,7 +486,7 @@ def test_a_studys_trials_are_kept_in_the_store_as_they_end(tmp_path, monkeypatch
             scratch = tmp_path / "scratch" / study.study_name / "trials" / run
             for name in ("config.json", "metrics.csv", "summary.json"):
                 assert (keep / run / name).read_bytes() == (scratch / name).read_bytes()
-            assert not (keep / run / "model.pt").exists()
+            assert not (keep / run / "model.pt").exists() and not list((keep / run).glob("units.csv*"))
         assert json.loads((keep / best["run"] / "summary.json").read_text())["val_map"] == best["validation_map"]
     with pytest.raises(FileNotFoundError, match="the trial's run folder is not on this machine"):
         st._keep_trial(tmp_path / "nowhere" / "sgh-k64-s0-0", keep)

@@ -47,9 +47,11 @@ def is_stored(folder: Path) -> bool:
     return (folder / "summary.json").exists() and (folder / "config.json").exists()
 
 
-def export_run(run: Path, dest: Path) -> None:
+def export_run(run: Path, dest: Path, units: bool = True) -> None:
     """The small files of the finished run folder ``run`` into the store folder ``dest`` (each written
-    atomically; units.csv compressed). A store folder of another configuration is never replaced."""
+    atomically; units.csv compressed, or left out with ``units=False``: a study's trial keeps its curve, not
+    its per-unit statistics, which no page reads and which were most of the trials' bytes). A store folder of
+    another configuration is never replaced."""
     run, dest = Path(run), Path(dest)
     if (dest / "config.json").exists() and (dest / "config.json").read_text() != (run / "config.json").read_text():
         raise ValueError(f"{dest} holds the results of another configuration than {run}; remove it yourself "
@@ -58,7 +60,7 @@ def export_run(run: Path, dest: Path) -> None:
     for name in RUN_FILES[1:]:
         if (run / name).exists():
             atomic_write_file(dest / name, lambda fh, src=run / name: fh.write(src.read_bytes()))
-    if (run / "units.csv").exists():
+    if units and (run / "units.csv").exists():
         data = gzip.compress((run / "units.csv").read_bytes(), mtime=0)  # mtime 0: the same bytes every time
         atomic_write_file(dest / "units.csv.gz", lambda fh: fh.write(data))
     atomic_text(dest / "config.json", (run / "config.json").read_text())  # last: marks the copy complete

@@ -273,7 +273,7 @@ def run_study(arm: str, dataset: str, bits: int, trials: int, max_epochs: int | 
     ``best.json``. A new study's protocol: :func:`new_protocol` (these arguments where not None). ``folder`` holds the journal and best.json; the trials' run folders go to
     ``scratch/<study name>/trials`` (default: ``studies/``). ``keep_trials``: a folder (the store's
     ``results/trials/<study name>``) that receives each trial's small files (:func:`~rsgh.book.store.export_run`:
-    configuration, metrics, summary; no weights) as the trial ends, so its training curve outlives the scratch.
+    configuration, metrics, summary; no weights, no per-unit statistics) as the trial ends, so its training curve outlives the scratch.
 
     For the benchmarks: ``timings`` (a dict) receives ``trials``, one record per trial finished here
     (its number, its result from :func:`run_trial`, when it was submitted and when its result came
@@ -359,7 +359,7 @@ def _keep_trial(run: Path, keep: Path) -> None:
         raise FileNotFoundError(f"{run}: the trial's run folder is not on this machine (a Dask cluster without a "
                                 "shared file system?); run the study without keep_trials / --keep-trials")
     if not is_stored(keep / run.name):
-        export_run(run, keep / run.name)
+        export_run(run, keep / run.name, units=False)
 
 
 def write_best(study, folder: Path) -> dict:
