@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--trials", type=int, required=True, help="finished trials wanted (complete or pruned)")
     st.add_argument("--max-epochs", type=int,
                     help="a new study's trials train this many epochs at most (early stopping); default: the "
-                         "dataset's protocol, 200 on MNIST, else 100")
+                         "dataset's protocol, 200 on MNIST and Fashion-MNIST, else 100")
     st.add_argument("--out", required=True, help="study folder: journal.log (the Optuna journal) and best.json")
     st.add_argument("--scratch", default="studies",
                     help="where the trials' run folders (models, checkpoints) go (default: studies/)")
@@ -254,14 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--scheduler", help="a running Dask scheduler (default $RSGH_SCHEDULER, else a local cluster)")
     st.add_argument("--patience", type=int,
                     help="a new study's trials stop after this many epochs without a better validation mAP "
-                         "(default: the dataset's protocol, 20 on MNIST, else 5; a study keeps the protocol it was "
+                         "(default: the dataset's protocol, 20 on MNIST and Fashion-MNIST, else 5; a study keeps the protocol it was "
                          "created with)")
     st.add_argument("--warmup", type=int,
                     help="a new study prunes no trial before this epoch (default: the dataset's protocol, 20 on "
-                         "MNIST, else 0: from the first epoch on)")
+                         "MNIST and Fashion-MNIST, else 0: from the first epoch on)")
     st.add_argument("--known-point", action="store_true",
                     default=None, help="a new study asks its arm's method at the patents' settings first (pruned like "
-                                       "any trial; default: the dataset's protocol, on MNIST)")
+                                       "any trial; default: the dataset's protocol, on MNIST and Fashion-MNIST)")
     st.add_argument("--keep-trials", type=path_arg,
                     help="a folder that receives each trial's small files (configuration, metrics, summary; no "
                          "weights, no per-unit statistics) as it ends, e.g. results/trials/<study name> beside the store's study")

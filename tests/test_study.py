@@ -305,7 +305,8 @@ def test_the_trials_prune_with_the_pruner_the_study_declares(tmp_path):
 
     cases = (("cifar10", None, st.PRUNER["n_warmup_steps"], st.PATIENCE),
              ("mnist", None, st.PROTOCOLS["mnist"]["warmup"], st.PROTOCOLS["mnist"]["patience"]),
-             ("mnist", 7, 7, st.PROTOCOLS["mnist"]["patience"]))
+             ("mnist", 7, 7, st.PROTOCOLS["mnist"]["patience"]),
+             ("fashion-mnist", None, st.PROTOCOLS["mnist"]["warmup"], st.PROTOCOLS["mnist"]["patience"]))
     for i, (dataset, warmup, expected, patience) in enumerate(cases):
         folder = tmp_path / str(i)
         study = st._continue("sgh", dataset, 64, folder, warmup=warmup)
