@@ -160,12 +160,15 @@ def test_a_claim_that_changes_fails_the_reproduction_whatever_chance_says():
     assert [c["reason"] for c in claim_changes(reversed_)] == ["verdict reversed"]
     status, line = overall(reversed_)
     assert status == 1 and "claim(s) of the verdicts changed" in line and "ii_cifar10_k32_tuned" in line
-    moved = base + [_record("verdict_i_mnist_k64_tuned", ok=False, published=0.01, reproduced=0.09)]
+    moved = base + [_record("verdict_i_mnist_k64_tuned", ok=False, published=0.01, reproduced=0.09),
+                    _record("verdictsign_i_mnist_k64_tuned", published=0.0, reproduced=0.0, p_miss=0.0)]
     assert [c["reason"] for c in claim_changes(moved)] == ["effect outside its tolerance"]
     fewer = base + [_record("verdict_i_mnist_k64_tuned"),
                     _record("verdictsign_i_mnist_k64_tuned", published=1.0, reproduced=0.0, n_rep=1, ok=False)]
     fewer[-2]["seeds_reproduced"] = 1  # one seed decides nothing: undecided is not a change
     assert claim_changes(fewer) == []
+    # a verdict_ number without a sign beside it (the count of the page's rows) is not a claim
+    assert claim_changes(base + [_record("verdict_rows", ok=False, published=48, reproduced=26)]) == []
 
 
 @pytest.mark.slow
@@ -275,7 +278,7 @@ def test_glue_ratio_glues_the_ratio_of_means_with_the_spread_of_the_per_seed_rat
 def test_a_narrower_rerun_leaves_out_what_it_did_not_cover(tmp_path):
     """A level that retrains one code length (quick) produces no 32-bit number: out of its scope, not a miss;
     the same page rerun over the same code lengths without a number it should have: a miss."""
-    from rsgh.book.report import narrower
+    from rsgh.book.report import narrower, parameters
 
     pub, rep = tmp_path / "pub", tmp_path / "rep"
     pub.mkdir(), rep.mkdir()
@@ -292,5 +295,18 @@ def test_a_narrower_rerun_leaves_out_what_it_did_not_cover(tmp_path):
     nbformat.write(nb, rep / "p.ipynb")
     records = {r["quantity"]: r for r in compare(pub, rep, ["p"])}
     assert records["p_map_sgh_32"]["reproduced"] is None and not records["p_map_sgh_32"]["ok"]
+    # a page published with its defaults records no parameters: its parameters cell says what it covered, and
+    # the count of the verdicts' rows is out of a narrower rerun's scope like any number it did not produce
+    _fake_executed(pub / "p.ipynb", {"p_map_sgh_32": 0.14, "p_map_sgh_64": 0.15, "verdict_rows": 48})
+    _fake_executed(rep / "p.ipynb", {"p_map_sgh_32": None, "p_map_sgh_64": 0.15, "verdict_rows": 26})
+    nb = nbformat.read(pub / "p.ipynb", as_version=4)
+    nb.cells.insert(0, nbformat.v4.new_code_cell("bits: list = [32, 64]\nseeds: list = [0, 1, 2]",
+                                                 metadata={"tags": ["parameters"]}))
+    nbformat.write(nb, pub / "p.ipynb")
+    nb = nbformat.read(rep / "p.ipynb", as_version=4)
+    nb.metadata["papermill"] = {"parameters": {"bits": [64], "seeds": [0]}}
+    nbformat.write(nb, rep / "p.ipynb")
+    assert parameters(pub / "p.ipynb") == {"bits": [32, 64], "seeds": [0, 1, 2]}
+    assert [r["quantity"] for r in compare(pub, rep, ["p"])] == ["p_map_sgh_64"]
     assert narrower({"trials": {"a": 2, "b": 3}}, {"trials": {"a": 2}})
     assert not narrower({"bits": [32, 64]}, {"bits": [32, 64, 128]}) and not narrower({"epochs": 200}, {"epochs": 1})

@@ -66,7 +66,25 @@ def miss_probability(sd: float | None, n_pub: int, n_rep: int, tol: float) -> fl
 
 
 def parameters(path: Path) -> dict:
-    return nbformat.read(path, as_version=4).metadata.get("papermill", {}).get("parameters", {}) or {}
+    """The parameters a page ran with: its parameters cell's defaults (papermill records only the values it
+    was given, and a page published with its defaults records none of them), then the values given."""
+    from papermill.translators import PythonTranslator  # the pages are Python; papermill's own reading
+
+    nb, out = nbformat.read(path, as_version=4), {}
+    for cell in nb.cells:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            for p in PythonTranslator.inspect(cell):
+                try:
+                    out[p.name] = ast.literal_eval(p.default)
+                except (ValueError, SyntaxError, TypeError):
+                    continue  # an expression, not a literal: not comparable
+    out.update(nb.metadata.get("papermill", {}).get("parameters", {}) or {})
+    return out
+
+
+# Numbers that count what a page covers (the Holm family of the verdicts page): compared only when the rerun
+# covers the published page, since a narrower rerun (fewer code lengths) has fewer rows by design.
+SCOPE_COUNTS = ("verdict_rows",)
 
 
 def narrower(published: dict, reproduced: dict) -> bool:
@@ -94,7 +112,7 @@ def compare(published_dir: Path, reproduced_dir: Path, names: Sequence[str]) -> 
         pub, rep = glued(pub_path), glued(rep_path)
         scoped = narrower(parameters(pub_path), parameters(rep_path))
         for name in sorted(k for k in pub if not k.endswith(("__sd", "__n"))):
-            if scoped and name not in rep:
+            if scoped and (name not in rep or name in SCOPE_COUNTS):
                 continue
             n_pub, n_rep = int(pub.get(f"{name}__n", 1)), int(rep.get(f"{name}__n", 1))
             sd = pub.get(f"{name}__sd", rep.get(f"{name}__sd"))
@@ -142,15 +160,20 @@ def chance_of_misses(records: list[dict]) -> float:
     return float(min(1.0, sum(dist[observed:])))
 
 
+def signs(records: list[dict]) -> set:
+    """(page, name) of the claims' glued signs (``verdictsign_<row>``): the rows that are claims."""
+    return {(r["page"], r["quantity"]) for r in records if r["quantity"].startswith("verdictsign_")}
+
+
 def claim_changes(records: list[dict]) -> list[dict]:
     """The claims of the verdicts page whose effect fell outside its tolerance or whose verdict changed."""
     by = {(r["page"], r["quantity"]): r for r in records}
     out = []
     for r in records:
-        if not r["quantity"].startswith("verdict_"):
-            continue
         row = r["quantity"][len("verdict_"):]
         sign = by.get((r["page"], f"verdictsign_{row}"))
+        if not r["quantity"].startswith("verdict_") or (r["page"], f"verdictsign_{row}") not in signs(records):
+            continue  # a claim's effect has its sign beside it; other verdict_ numbers are not claims
         reason = None
         if not r["ok"]:
             reason = "effect outside its tolerance" if r["reproduced"] is not None else "not reproduced"
