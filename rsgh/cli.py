@@ -188,6 +188,41 @@ def path_arg(text: str) -> str:
     return os.path.expanduser(text)
 
 
+def _study_parser(sub) -> None:
+    """The ``study`` sub-command's arguments."""
+    st = sub.add_parser("study", help="a hyperparameter study (Optuna) of one arm, tuned on validation queries")
+    st.add_argument("--arm", required=True, choices=["sgh", "sgh-arch", "rsgh"],
+                    help="sgh: SGH in any architecture; sgh-arch: SGH in R-SGH's architecture; rsgh: R-SGH")
+    st.add_argument("--dataset", required=True, choices=["cifar10", "mnist", "fashion-mnist"],
+                    help="cifar10: GIST-512 of CIFAR-10; mnist, fashion-mnist: pixels")
+    st.add_argument("--bits", type=int, default=64, help="code length K (default 64)")
+    st.add_argument("--trials", type=int, required=True, help="finished trials wanted (complete or pruned)")
+    st.add_argument("--max-epochs", type=int,
+                    help="a new study's trials train this many epochs at most (early stopping); default: the "
+                         "dataset's protocol, 200 on MNIST and Fashion-MNIST, else 100")
+    st.add_argument("--out", required=True, help="study folder: journal.log (the Optuna journal) and best.json")
+    st.add_argument("--scratch", default="studies",
+                    help="where the trials' run folders (models, checkpoints) go (default: studies/)")
+    st.add_argument("--data-root", type=path_arg,
+                    help="folder holding the datasets (default: $RSGH_DATA, else data/cache)")
+    st.add_argument("--scheduler", help="a running Dask scheduler (default $RSGH_SCHEDULER, else a local cluster)")
+    st.add_argument("--patience", type=int,
+                    help="a new study's trials stop after this many epochs without a better validation mAP "
+                         "(default: the dataset's protocol, 20 on MNIST and Fashion-MNIST, else 5; a study keeps the protocol it was "
+                         "created with)")
+    st.add_argument("--warmup", type=int,
+                    help="a new study prunes no trial before this epoch (default: the dataset's protocol, 20 on "
+                         "MNIST and Fashion-MNIST, else 0: from the first epoch on)")
+    st.add_argument("--known-point", action="store_true",
+                    default=None, help="a new study asks its arm's method at the patents' settings first (pruned like "
+                                       "any trial; default: the dataset's protocol, on MNIST and Fashion-MNIST)")
+    st.add_argument("--keep-trials", type=path_arg,
+                    help="a folder that receives each trial's small files (configuration, metrics, summary; no "
+                         "weights, no per-unit statistics) as it ends, e.g. results/trials/<study name> beside the store's study")
+    st.add_argument("--quiet", action="store_true", help="no line per trial")
+    st.set_defaults(func=cmd_study)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="python -m rsgh", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -236,37 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="(the book's maintainers) make what the results store lacks, writing it there, then render "
                         "every page from the store into the published book (--published)")
     r.set_defaults(func=cmd_reproduce)
-    st = sub.add_parser("study", help="a hyperparameter study (Optuna) of one arm, tuned on validation queries")
-    st.add_argument("--arm", required=True, choices=["sgh", "sgh-arch", "rsgh"],
-                    help="sgh: SGH in any architecture; sgh-arch: SGH in R-SGH's architecture; rsgh: R-SGH")
-    st.add_argument("--dataset", required=True, choices=["cifar10", "mnist", "fashion-mnist"],
-                    help="cifar10: GIST-512 of CIFAR-10; mnist, fashion-mnist: pixels")
-    st.add_argument("--bits", type=int, default=64, help="code length K (default 64)")
-    st.add_argument("--trials", type=int, required=True, help="finished trials wanted (complete or pruned)")
-    st.add_argument("--max-epochs", type=int,
-                    help="a new study's trials train this many epochs at most (early stopping); default: the "
-                         "dataset's protocol, 200 on MNIST and Fashion-MNIST, else 100")
-    st.add_argument("--out", required=True, help="study folder: journal.log (the Optuna journal) and best.json")
-    st.add_argument("--scratch", default="studies",
-                    help="where the trials' run folders (models, checkpoints) go (default: studies/)")
-    st.add_argument("--data-root", type=path_arg,
-                    help="folder holding the datasets (default: $RSGH_DATA, else data/cache)")
-    st.add_argument("--scheduler", help="a running Dask scheduler (default $RSGH_SCHEDULER, else a local cluster)")
-    st.add_argument("--patience", type=int,
-                    help="a new study's trials stop after this many epochs without a better validation mAP "
-                         "(default: the dataset's protocol, 20 on MNIST and Fashion-MNIST, else 5; a study keeps the protocol it was "
-                         "created with)")
-    st.add_argument("--warmup", type=int,
-                    help="a new study prunes no trial before this epoch (default: the dataset's protocol, 20 on "
-                         "MNIST and Fashion-MNIST, else 0: from the first epoch on)")
-    st.add_argument("--known-point", action="store_true",
-                    default=None, help="a new study asks its arm's method at the patents' settings first (pruned like "
-                                       "any trial; default: the dataset's protocol, on MNIST and Fashion-MNIST)")
-    st.add_argument("--keep-trials", type=path_arg,
-                    help="a folder that receives each trial's small files (configuration, metrics, summary; no "
-                         "weights, no per-unit statistics) as it ends, e.g. results/trials/<study name> beside the store's study")
-    st.add_argument("--quiet", action="store_true", help="no line per trial")
-    st.set_defaults(func=cmd_study)
+    _study_parser(sub)
     _add_index_parsers(sub)
     return parser
 

@@ -274,22 +274,19 @@ def run_study(arm: str, dataset: str, bits: int, trials: int, max_epochs: int | 
               known_point: bool | None = None, keep_trials: str | Path | None = None) -> dict:
     """Run the study until it has ``trials`` finished (complete or pruned) trials; write and return
     ``best.json``. A new study's protocol: :func:`new_protocol` (these arguments where not None). ``folder`` holds the journal and best.json; the trials' run folders go to
-    ``scratch/<study name>/trials`` (default: ``studies/``). ``keep_trials``: a folder (the store's
-    ``results/trials/<study name>``) that receives each trial's small files (:func:`~rsgh.book.store.export_run`:
-    configuration, metrics, summary; no weights, no per-unit statistics) as the trial ends, so its training curve outlives the scratch.
+    ``scratch/<study name>/trials`` (default: ``studies/``); ``keep_trials`` (the store's ``results/trials/<study
+    name>``) receives each trial's small files as it ends (:func:`_keep_trial`), so its curve outlives the scratch.
 
-    For the benchmarks: ``timings`` (a dict) receives ``trials``, one record per trial finished here
-    (its number, its result from :func:`run_trial`, when it was submitted and when its result came
-    back, ``time.time()``), and the seconds this process spent in Optuna's storage (``storage_s``) and
-    submitting (``submit_s``); ``trial_task`` replaces :func:`run_trial` as the task (same arguments)."""
+    For the benchmarks: ``timings`` receives ``trials`` (per trial finished here: its number, its result from
+    :func:`run_trial`, when submitted and received) and this process's seconds in Optuna's storage and in
+    submitting; ``trial_task`` replaces :func:`run_trial` as the task (same arguments)."""
     from distributed import as_completed
     from optuna.trial import TrialState
 
     from ..train.task import task_data
     from .schedule import get_client, n_workers
 
-    folder = Path(folder)
-    timings = {} if timings is None else timings
+    folder, timings = Path(folder), ({} if timings is None else timings)
     timings.update(trials=[], storage_s=0.0, submit_s=0.0)
     clock = time.perf_counter()
     study = _continue(arm, dataset, bits, folder, max_epochs, patience, warmup, known_point)
@@ -330,10 +327,7 @@ def run_study(arm: str, dataset: str, bits: int, trials: int, max_epochs: int | 
         trial, submitted = running.pop(future)
         result = future.result()  # a real error (a bad configuration) stops the study with its message
         received, clock = time.time(), time.perf_counter()
-        for key in ("best_epoch", "epochs", "seconds", "state"):
-            trial.set_user_attr(key, result[key])
-        if keep_trials is not None:
-            _keep_trial(trials_dir / trial.user_attrs["run"], Path(keep_trials))
+        _record_trial(trial, result, trials_dir / trial.user_attrs["run"], keep_trials)
         state = TrialState.COMPLETE if result["state"] == "complete" else TrialState.PRUNED
         study.tell(trial, None if state == TrialState.PRUNED else result["value"], state=state)
         study.set_user_attr("wall_seconds", wall_before + time.time() - t0)
@@ -353,9 +347,16 @@ def run_study(arm: str, dataset: str, bits: int, trials: int, max_epochs: int | 
     return best
 
 
+def _record_trial(trial, result: dict, run: Path, keep) -> None:
+    """A finished trial's numbers into its attributes, and its small files into ``keep`` (when given)."""
+    for key in ("best_epoch", "epochs", "seconds", "state"):
+        trial.set_user_attr(key, result[key])
+    if keep is not None:
+        _keep_trial(run, Path(keep))
+
+
 def _keep_trial(run: Path, keep: Path) -> None:
-    """A finished trial's small files into ``keep/<run name>`` (a trial already kept is left alone: a trial asked
-    again after an interruption has the same configuration and run name)."""
+    """A finished trial's small files into ``keep/<run name>`` (once: a trial asked again has the same name)."""
     from .store import export_run, is_stored
 
     if not (run / "config.json").exists():
