@@ -160,11 +160,6 @@ def chance_of_misses(records: list[dict]) -> float:
     return float(min(1.0, sum(dist[observed:])))
 
 
-def signs(records: list[dict]) -> set:
-    """(page, name) of the claims' glued signs (``verdictsign_<row>``): the rows that are claims."""
-    return {(r["page"], r["quantity"]) for r in records if r["quantity"].startswith("verdictsign_")}
-
-
 def claim_changes(records: list[dict]) -> list[dict]:
     """The claims of the verdicts page whose effect fell outside its tolerance or whose verdict changed."""
     by = {(r["page"], r["quantity"]): r for r in records}
@@ -172,12 +167,12 @@ def claim_changes(records: list[dict]) -> list[dict]:
     for r in records:
         row = r["quantity"][len("verdict_"):]
         sign = by.get((r["page"], f"verdictsign_{row}"))
-        if not r["quantity"].startswith("verdict_") or (r["page"], f"verdictsign_{row}") not in signs(records):
+        if not r["quantity"].startswith("verdict_") or sign is None:
             continue  # a claim's effect has its sign beside it; other verdict_ numbers are not claims
         reason = None
         if not r["ok"]:
             reason = "effect outside its tolerance" if r["reproduced"] is not None else "not reproduced"
-        elif sign is not None and sign["reproduced"] is not None and sign["published"] != sign["reproduced"]:
+        elif sign["reproduced"] is not None and sign["published"] != sign["reproduced"]:
             if sign["published"] * sign["reproduced"] < 0:
                 reason = "verdict reversed"
             elif sign["published"] != 0 and r["seeds_reproduced"] >= r["seeds_published"]:

@@ -357,12 +357,12 @@ def _record_trial(trial, result: dict, run: Path, keep) -> None:
 
 def _keep_trial(run: Path, keep: Path) -> None:
     """A finished trial's small files into ``keep/<run name>`` (once: a trial asked again has the same name)."""
-    from .store import export_run, is_stored
+    from .store import export_run
 
     if not (run / "config.json").exists():
         raise FileNotFoundError(f"{run}: the trial's run folder is not on this machine (a Dask cluster without a "
                                 "shared file system?); run the study without keep_trials / --keep-trials")
-    if not is_stored(keep / run.name):
+    if not (keep / run.name / "config.json").exists():  # written last: a complete copy (a pruned trial has no summary)
         export_run(run, keep / run.name, units=False)
 
 

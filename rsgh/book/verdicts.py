@@ -214,20 +214,18 @@ def by_dataset(rows: list[Row], table: pd.DataFrame, tag: str, what: str) -> str
         low, high = f"{min(means):+.3f}", f"{max(means):+.3f}"
         span = low if low == high else f"{low} to {high}"
         t = len(mine)
-        holm_for = sum(rec["verdict (Holm)"] == "supported" for _, rec in mine)
-        holm_against = sum(rec["verdict (Holm)"] == "not supported" for _, rec in mine)
-        raw_for = sum(r.effect.verdict == "supported" for r, _ in mine)
-        raw_against = sum(r.effect.verdict == "not supported" for r, _ in mine)
-        if holm_for or holm_against:
-            said = "; ".join(x for x in (
-                f"R-SGH ahead at {holm_for} of {t} code lengths" if holm_for else "",
-                f"SGH ahead at {holm_against} of {t} code lengths" if holm_against else "") if x)
-            said += " after Holm's correction"
-        elif raw_for or raw_against:
-            said = "; ".join(x for x in (
-                f"R-SGH ahead in {raw_for} of {t} raw 95% intervals" if raw_for else "",
-                f"SGH ahead in {raw_against} of {t} raw 95% intervals" if raw_against else "") if x)
-            said += ", at no code length after Holm's correction"
+        holm = [rec["verdict (Holm)"] for _, rec in mine]
+        raw = [r.effect.verdict for r, _ in mine]
+
+        def ahead(verdicts, where):
+            n_for, n_against = verdicts.count("supported"), verdicts.count("not supported")
+            return "; ".join(x for x in (f"R-SGH ahead {where.format(n_for, t)}" if n_for else "",
+                                         f"SGH ahead {where.format(n_against, t)}" if n_against else "") if x)
+
+        if ahead(holm, ""):
+            said = ahead(holm, "at {} of {} code lengths") + " after Holm's correction"
+        elif ahead(raw, ""):
+            said = ahead(raw, "in {} of {} raw 95% intervals") + ", at no code length after Holm's correction"
         else:
             said = "every raw 95% interval includes 0"
         parts.append(f"{d} {span} ({said})")
