@@ -171,6 +171,27 @@ def test_a_claim_that_changes_fails_the_reproduction_whatever_chance_says():
     assert claim_changes(base + [_record("verdict_rows", ok=False, published=48, reproduced=26)]) == []
 
 
+def test_the_stored_record_of_a_reproduction_keeps_the_verdicts_signs_apart_from_its_numbers(tmp_path):
+    """A one-seed rerun leaves verdicts undecided (their signs differ, not a miss): the store's record and the
+    Reproducibility page list only the numbers outside tolerance, and the claims that changed on their own."""
+    from rsgh.book import store
+
+    held = [_record("x0", ok=False, reproduced=1.5), _record("x1"),
+            _record("verdict_ii_mnist_k64_tuned", published=-0.02, reproduced=-0.018),
+            _record("verdictsign_ii_mnist_k64_tuned", published=-1.0, reproduced=0.0, ok=False, p_miss=0.0),
+            _record("verdict_i_mnist_k32_tuned", published=-0.02, reproduced=-0.018),
+            _record("verdictsign_i_mnist_k32_tuned", published=-1.0, reproduced=1.0, ok=False, p_miss=0.0)]
+    held[2]["seeds_reproduced"] = 1
+    status, line = overall(held)
+    store.record_reproduction("quick", line, status, held, [], 60.0, store=tmp_path)
+    doc = json.loads((tmp_path / "reproduction" / "quick.json").read_text())
+    assert [o["quantity"] for o in doc["outside"]] == ["x0"]
+    assert [(c["claim"], c["reason"]) for c in doc["claims_changed"]] == [("i_mnist_k32_tuned", "verdict reversed")]
+    row = store.reproductions(tmp_path).iloc[0]
+    assert row["outside"] == ["p: x0"] and row["claims changed"] == ["p: i_mnist_k32_tuned (verdict reversed)"]
+    assert status == 1 and row["minutes"] == 1.0
+
+
 @pytest.mark.slow
 def test_reproduce_executes_into_its_own_folder_reports_and_builds(tmp_path, mnist_root, monkeypatch):
     """The smoke profile of one page: executed into --out (the published book untouched), compared with

@@ -315,12 +315,37 @@ def test_the_trials_prune_with_the_pruner_the_study_declares(tmp_path):
         for pruner in (study.pruner, hook.pruner, again.pruner):
             assert isinstance(pruner, optuna.pruners.MedianPruner)
             assert (pruner._n_startup_trials, pruner._n_warmup_steps) == (st.PRUNER["n_startup_trials"], expected)
-        assert st.protocol(again) == {"max_epochs": (st.PROTOCOLS.get(dataset) or st.PROTOCOL)["max_epochs"],
-                                      "patience": patience, "pruner": dict(st.PRUNER, n_warmup_steps=expected)}
+        declared = st.PROTOCOLS.get(dataset) or st.PROTOCOL
+        assert st.protocol(again) == {"max_epochs": declared["max_epochs"], "patience": patience,
+                                      "pruner": dict(st.PRUNER, n_warmup_steps=expected),
+                                      "at_chance": declared["at_chance"]}
     with pytest.raises(ValueError, match="runs with warm-up 7, not 3: a study keeps its protocol"):
         st._continue("sgh", "mnist", 64, tmp_path / "2", warmup=3)
     with pytest.raises(ValueError, match="runs with max_epochs 200, not 100: a study keeps its protocol"):
         st._continue("sgh", "mnist", 64, tmp_path / "2", max_epochs=100)
+
+
+def test_a_trial_still_at_chance_stops_whatever_the_warm_up(tmp_path):
+    """The protocol's at_chance (the pixels datasets'): a trial whose validation mAP stays below 0.11 through
+    epoch 5 stops there, inside the 20 epochs of warm-up; one that passed it once, or a study without the rule
+    (CIFAR-10's), trains on."""
+    rule = st.PROTOCOLS["fashion-mnist"]["at_chance"]
+    assert rule == {"epochs": 5, "below": 0.11} and st.PROTOCOL["at_chance"] is None
+
+    def epochs_trained(dataset, values, folder):
+        study = st._continue("rsgh", dataset, 64, tmp_path / folder)
+        hook = st._report_hook(str(tmp_path / folder), study.study_name, study.ask()._trial_id)
+        for epoch, value in enumerate(values, start=1):
+            try:
+                hook(None, {"epoch": float(epoch), "iteration": 100 * epoch, "val_map": value})
+            except optuna.TrialPruned as stop:
+                return epoch, str(stop)
+        return len(values), None
+
+    flat = [0.1001, 0.1050, 0.1099, 0.1020, 0.1080, 0.1090, 0.30]
+    assert epochs_trained("fashion-mnist", flat, "a") == (5, "at chance through epoch 5")
+    assert epochs_trained("mnist", [0.1001, 0.1001, 0.1100, 0.1001, 0.1001, 0.1001, 0.30], "b") == (7, None)
+    assert epochs_trained("cifar10", flat, "c") == (7, None)
 
 
 def test_a_study_may_start_from_its_arms_known_point(tmp_path):
@@ -415,7 +440,8 @@ def test_the_protocol_and_the_known_points_trial_are_said_as_the_studies_recorde
     assert search.known_point_trial(new) == "pruned at epoch 23" and search.known_point_trial(old) == ""
     said = search.protocol_text({"sgh": st.open_study("sgh", "mnist", 64, tmp_path / "new", create=False)})
     assert said.startswith("In every study,") and "from epoch 20 on" in said and "for 20 epochs" in said
-    assert "patents' settings" in said
+    assert "patents' settings" in said and "stays below 0.11 through epoch 5 stops there" in said
+    assert "at chance" not in search.protocol_text({"sgh": old})  # a study recorded without the rule
     both = search.protocol_text({"sgh": old, "rsgh": new})
     assert "SGH: once 5 trials" in both and "from its first epoch on" in both and "for 5 epochs" in both
     assert "R-SGH: once 5 trials" in both and "from epoch 20 on" in both
@@ -443,9 +469,11 @@ def test_superseded_searches_are_listed_beside_the_ones_that_replaced_them(tmp_p
     assert folders == {"rsgh": old_folder} and source.reads == ["superseded/studies/mnist-k64-rsgh"]
     table = search.superseded_table({"rsgh": old}, {"rsgh": now}, folders)
     row = table.iloc[0].to_dict()
-    assert row == {"arm": "R-SGH", "trials": 2, "protocol": "at most 100 epochs, patience 5, pruning from epoch 1",
+    assert row == {"arm": "R-SGH", "trials": 2,
+                   "protocol": "at most 100 epochs, patience 5, pruning from epoch 1, stopped at chance after epoch 5",
                    "best validation mAP": 0.46, "now": 0.49, "why superseded": "It missed the known point."}
-    assert search.protocol_short(now) == "at most 200 epochs, patience 20, pruning from epoch 20"
+    assert search.protocol_short(now) == ("at most 200 epochs, patience 20, pruning from epoch 20, stopped at chance "
+                                          "after epoch 5")
 
 
 def _fake_trial(cfg, out, data_root, folder, study_name, trial_id, runtime=None):

@@ -248,7 +248,7 @@ def _reproduce(profile: str, out, plan, only: Sequence[str], scheduler: str | No
     in mode ``publish`` (making what the results store lacks, writing it there), then rendered from the
     store with the book's parameters into ``published``."""
     from . import store as results_store
-    from .report import compare, overall, report_page
+    from .report import claim_changes, compare, numbers, overall, report_page
 
     if publish:
         return _publish(plan, only, scheduler, Path(published), runs_dir)
@@ -276,10 +276,12 @@ def _reproduce(profile: str, out, plan, only: Sequence[str], scheduler: str | No
     if not only:  # a whole reproduction is recorded in the store (the book's Reproducibility page reads it)
         results_store.record_reproduction(profile, line, status, report, records, seconds)
     print(f"{len(records)} page(s) in {seconds / 60:.1f} min; {line}; report: {out / 'reproduction_report.json'}")
-    for r in report:
+    for r in numbers(report):
         if not r["ok"]:
             print(f"  outside tolerance: {r['page']} {r['quantity']}: published {r['published']:.4g}, reproduced "
                   f"{r['reproduced']}, tolerance {r['tolerance']:.3g}")
+    for c in claim_changes(report):
+        print(f"  claim changed: {c['page']} {c['claim']}: {c['reason']}")
     if build:
         _build(out)
     return status

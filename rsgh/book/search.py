@@ -48,6 +48,8 @@ def protocol_text(studies: dict) -> str:
                 f"epoch is below the median of the earlier complete trials' at that epoch is stopped, "
                 + ("from its first epoch on" if not warm else f"from epoch {warm} on") +
                 f"; a trial trains until its validation mAP has not improved for {p['patience']} epochs"
+                + (f"; a trial whose validation mAP stays below {p['at_chance']['below']:g} through epoch "
+                   f"{p['at_chance']['epochs']} stops there, warm-up or not (it is at chance)" if p["at_chance"] else "")
                 + (", and the first trial asked is the arm's method at the patents' settings (a point of the "
                    "space; stopped like any trial)" if first else ""))
 
@@ -61,7 +63,8 @@ def protocol_short(study) -> str:
     """A study's protocol in a few words: its maximum epochs, patience and first epoch of pruning."""
     p = st.protocol(study)
     return (f"at most {p['max_epochs']} epochs, patience {p['patience']}, pruning from epoch "
-            f"{max(1, p['pruner']['n_warmup_steps'])}")
+            f"{max(1, p['pruner']['n_warmup_steps'])}"
+            + (f", stopped at chance after epoch {p['at_chance']['epochs']}" if p["at_chance"] else ""))
 
 
 def superseded_table(old: dict, now: dict, folders: dict) -> pd.DataFrame:

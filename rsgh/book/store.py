@@ -178,18 +178,21 @@ def copy_study(src: Path, dest: Path) -> None:
 def record_reproduction(profile: str, line: str, status: int, report: list[dict], pages: list[dict],
                         seconds: float, store: Path | None = None) -> Path:
     """The outcome of a whole reproduction at one level, kept in the store (``reproduction/<profile>.json``):
-    when, at which commit, on which CPU, its verdict line, the numbers outside tolerance and each page's time."""
+    when, at which commit, on which CPU, its verdict line, the numbers outside tolerance (the verdicts' signs
+    are not numbers: a one-seed rerun decides no verdict), the claims that changed and each page's time."""
     import datetime
     import json
 
     from ..train.rundir import git_commit, versions
+    from .report import claim_changes, numbers
 
     path = Path(store or default_store()) / "reproduction" / f"{profile}.json"
     doc = {"profile": profile, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "commit": git_commit(), "cpu": versions()["cpu"], "cores": os.cpu_count(), "torch": versions()["torch"],
            "status": status, "line": line, "minutes": seconds / 60, "numbers": len(report),
            "outside": [{k: r[k] for k in ("page", "quantity", "published", "reproduced", "tolerance", "z")}
-                       for r in report if not r["ok"]],
+                       for r in numbers(report) if not r["ok"]],
+           "claims_changed": claim_changes(report),
            "page_seconds": {p["notebook"]: p["seconds"] for p in pages if p["status"] == "executed"}}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_text(path, json.dumps(doc, indent=2, default=float))
@@ -204,7 +207,8 @@ def last_reproduction(profile: str, store: Path | None = None) -> dict | None:
 
 
 def reproductions(store: Path | None = None):
-    """The last reproduction at each level (``reproduction/<profile>.json``), one row each."""
+    """The last reproduction at each level (``reproduction/<profile>.json``), one row each: its numbers
+    outside tolerance and its changed claims as lists of names."""
     import json
 
     rows = []
@@ -212,7 +216,11 @@ def reproductions(store: Path | None = None):
         doc = json.loads(path.read_text())
         rows.append({"level": doc["profile"], "date": doc["date"][:10], "commit": str(doc["commit"])[:10],
                      "CPU": f"{doc['cpu']}, {doc['cores']} cores", "minutes": doc["minutes"], "verdict": doc["line"],
-                     "outside": doc["outside"]})
+                     # records made before the verdicts' signs were kept apart listed them with the numbers
+                     "outside": [f"{o['page']}: {o['quantity']}" for o in doc["outside"]
+                                 if not o["quantity"].startswith("verdictsign_")],
+                     "claims changed": [f"{c['page']}: {c['claim']} ({c['reason']})"
+                                        for c in doc.get("claims_changed", [])]})
     return pd.DataFrame(rows)
 
 

@@ -33,32 +33,12 @@ from pathlib import Path
 
 from ..config import Config, Runtime, make_config
 from ..files import atomic_text
+from .protocol import (PIXELS_PROTOCOL, PROTOCOL, PROTOCOLS, PRUNER, new_protocol,  # noqa: F401 (the
+                       protocol, pruner)  # studies' names for them, as the pages and tests use them)
 from .ranges import position
 from .space import (ARMS, CHOICES, DATASETS, PATIENCE, RANGES, arm_method, known_params,  # noqa: F401 (the
                     suggest, trial_config)  # studies' names for the space, as the pages use them)
 
-# The median pruner, as the trials (in the workers, where it decides) apply it: once 5 trials have finished, a
-# trial whose validation mAP at an epoch is below the median of the earlier trials' at that epoch stops, from
-# its first epoch on. (The round's studies were declared with 6 start-up trials and 2 epochs of warm-up, but the
-# workers loaded the study without its pruner, so Optuna's default, these values, decided every study alike.)
-PRUNER = {"n_startup_trials": 5, "n_warmup_steps": 0}
-# A study's protocol (a trial's maximum epochs and patience, the pruner's warm-up in epochs, whether the arm's
-# known point is asked first: :func:`known_params`, pruned like any trial) is fixed when the study is created
-# and recorded in its journal (:func:`protocol`); its best configuration is retrained with the same budget.
-# The first studies used PROTOCOL, which cuts configurations that learn slowly: on MNIST the search missed the
-# patents' own configuration, which peaks after epoch 100 (:func:`rsgh.book.search.known_point_table`), so
-# MNIST's studies were run again with a protocol of its own (PROTOCOLS). Fashion-MNIST, the other dataset of
-# pixels, gets the same protocol for its new studies (the issue's "MNIST budget"); its published studies were made
-# with PROTOCOL, which their journals record and keep.
-PROTOCOL = {"max_epochs": 100, "patience": PATIENCE, "warmup": PRUNER["n_warmup_steps"], "known_point": False}
-PIXELS_PROTOCOL = {"max_epochs": 200, "patience": 20, "warmup": 20, "known_point": True}
-PROTOCOLS = {"mnist": PIXELS_PROTOCOL, "fashion-mnist": PIXELS_PROTOCOL}
-
-
-def new_protocol(dataset: str, **asked) -> dict:
-    """The protocol of a new study on ``dataset``: the dataset's (PROTOCOLS, else PROTOCOL), with the values
-    ``asked`` that are not None."""
-    return dict(PROTOCOLS.get(dataset, PROTOCOL), **{k: v for k, v in asked.items() if v is not None})
 def study_name(arm: str, dataset: str, bits: int) -> str:
     arm_method(arm)
     if dataset not in DATASETS:
@@ -96,7 +76,7 @@ def open_study(arm: str, dataset: str, bits: int, folder: str | Path, create: bo
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
     else:
         study = optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler)
-    study.pruner = _pruner(study)
+    study.pruner = pruner(study)
     return study
 
 
@@ -138,33 +118,22 @@ def check_study_folder(folder: str | Path, name: str) -> None:
                          "choose a new or empty folder")
 
 
-def protocol(study) -> dict:
-    """A study's protocol as recorded when it was created: ``max_epochs``, ``patience`` and the median
-    pruner's arguments (``pruner``); a study from before protocols were recorded has PROTOCOL's."""
-    return {"max_epochs": int(study.user_attrs.get("max_epochs", PROTOCOL["max_epochs"])),
-            "patience": int(study.user_attrs.get("patience", PATIENCE)),
-            "pruner": dict(study.user_attrs.get("pruner", PRUNER))}
-
-
-def _pruner(study):
-    """The median pruner of the study's protocol (the workers' hooks and the study as opened use this one)."""
-    import optuna
-
-    return optuna.pruners.MedianPruner(**protocol(study)["pruner"])
-
-
 def _report_hook(folder: str, study_name: str, trial_id: int):
     """A training hook that reports each validation mAP to Optuna and stops a pruned trial (by the pruner
-    of the study's protocol)."""
+    of the study's protocol) or one still at chance (its ``at_chance``)."""
     import optuna
 
     study = optuna.load_study(study_name=study_name, storage=journal_storage(folder))
-    study.pruner = _pruner(study)
+    study.pruner = pruner(study)
     trial = optuna.trial.Trial(study, trial_id)
+    chance, best = protocol(study)["at_chance"], [float("-inf")]
 
     def hook(g, row):
         if "val_map" in row and row["iteration"] > 0:
             trial.report(row["val_map"], step=int(round(row["epoch"])))
+            best[0] = max(best[0], row["val_map"])
+            if chance and row["epoch"] >= chance["epochs"] and best[0] < chance["below"]:
+                raise optuna.TrialPruned(f"at chance through epoch {row['epoch']:g}")
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {row['epoch']:g}")
 
@@ -248,7 +217,9 @@ def _continue(arm: str, dataset: str, bits: int, folder: Path, max_epochs: int |
         study.set_user_attr("max_epochs", new["max_epochs"])
         study.set_user_attr("patience", new["patience"])
         study.set_user_attr("pruner", dict(PRUNER, n_warmup_steps=new["warmup"]))
-        study.pruner = _pruner(study)
+        if new["at_chance"]:
+            study.set_user_attr("at_chance", new["at_chance"])
+        study.pruner = pruner(study)
         if new["known_point"]:
             study.enqueue_trial(known_params(arm, dataset), user_attrs={"known_point": "the patents' settings"})
     else:
