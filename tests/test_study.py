@@ -464,10 +464,17 @@ def test_superseded_searches_are_listed_beside_the_ones_that_replaced_them(tmp_p
         study.tell(trial, value)
         study.tell(study.ask(), state=TrialState.PRUNED)
     (old_folder / "why.md").write_text("It missed the known point.\n")
-    assert source.superseded_studies("cifar10", 64) == {}
+    later_folder = tmp_path / "superseded" / "studies" / "mnist-k64-rsgh.2"  # superseded in its turn
+    later = st._continue("rsgh", "mnist", 64, later_folder)
+    later.tell(later.ask(), 0.47)
+    (later_folder / "why.md").write_text("Its range was too narrow.\n")
+    assert source.superseded_studies("cifar10", 64) == []
     folders = source.superseded_studies("mnist", 64)
-    assert folders == {"rsgh": old_folder} and source.reads == ["superseded/studies/mnist-k64-rsgh"]
-    table = search.superseded_table({"rsgh": old}, {"rsgh": now}, folders)
+    assert folders == [("rsgh", old_folder), ("rsgh", later_folder)]
+    assert source.reads == ["superseded/studies/mnist-k64-rsgh", "superseded/studies/mnist-k64-rsgh.2"]
+    table = search.superseded_table([("rsgh", old_folder, old), ("rsgh", later_folder, later)], {"rsgh": now})
+    assert table["best validation mAP"].tolist() == [0.46, 0.47]
+    assert table["why superseded"].tolist() == ["It missed the known point.", "Its range was too narrow."]
     row = table.iloc[0].to_dict()
     assert row == {"arm": "R-SGH", "trials": 2,
                    "protocol": "at most 100 epochs, patience 5, pruning from epoch 1, stopped at chance after epoch 5",

@@ -67,14 +67,14 @@ def protocol_short(study) -> str:
             + (f", stopped at chance after epoch {p['at_chance']['epochs']}" if p["at_chance"] else ""))
 
 
-def superseded_table(old: dict, now: dict, folders: dict) -> pd.DataFrame:
-    """Earlier searches of the same arms, superseded (``old``: arm -> study, their ``folders`` each with a
-    ``why.md``), beside the searches that replaced them (``now``): trials, protocol, best validation mAP
-    then and now, and why each was superseded."""
+def superseded_table(old: list, now: dict) -> pd.DataFrame:
+    """Earlier searches of the same arms, superseded (``old``: [(arm, folder, study)], each folder with a
+    ``why.md``), beside the searches that replaced them (``now``: arm -> study): trials, protocol, best
+    validation mAP then and now, and why each was superseded."""
     rows = []
-    for arm, study in old.items():
+    for arm, folder, study in old:
         c = st.counts(study)
-        why = (folders[arm] / "why.md").read_text(encoding="utf-8").strip()
+        why = (folder / "why.md").read_text(encoding="utf-8").strip()
         rows.append({"arm": st.ARMS[arm], "trials": c["complete"] + c["pruned"], "protocol": protocol_short(study),
                      "best validation mAP": study.best_value, "now": now[arm].best_value, "why superseded": why})
     return pd.DataFrame(rows)

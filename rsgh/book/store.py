@@ -113,13 +113,18 @@ class Source:
         """A study's folder: in the store, except in ``study`` mode (a fresh search in ``studies_dir``)."""
         return self._note((Path(self.studies_dir) if self.mode == "study" else self.store / "studies") / name)
 
-    def superseded_studies(self, dataset: str, bits: int) -> dict:
+    def superseded_studies(self, dataset: str, bits: int) -> list[tuple[str, Path]]:
         """The store's superseded studies of ``dataset`` at ``bits`` (``superseded/studies/``, kept for the
-        record, each with a ``why.md``): {arm: folder}, in the order of the arms."""
+        record, each with a ``why.md``; an arm's first in ``<study name>``, later ones in ``<study name>.2``,
+        ``.3``, ...): [(arm, folder)], by arm, then oldest first."""
         from .study import ARMS, study_name
 
-        folders = {a: self.store / "superseded" / "studies" / study_name(a, dataset, bits) for a in ARMS}
-        return {a: self._note(f) for a, f in folders.items() if (f / "journal.log").exists()}
+        root, found = self.store / "superseded" / "studies", []
+        for arm in ARMS:
+            name = study_name(arm, dataset, bits)
+            folders = [root / name] + sorted(root.glob(f"{name}.*"), key=lambda f: int(f.suffix[1:]))
+            found += [(arm, self._note(f)) for f in folders if (f / "journal.log").exists()]
+        return found
 
     def runs(self, experiment):
         """The experiment's results: read from the store (render); trained and read from the run folders
