@@ -348,6 +348,27 @@ def test_a_trial_still_at_chance_stops_whatever_the_warm_up(tmp_path):
     assert epochs_trained("cifar10", flat, "c") == (7, None)
 
 
+def test_the_trials_stopped_at_chance_are_counted_from_their_reports(tmp_path):
+    """stopped_at_chance counts the pruned trials whose reports end by the rule's epoch below its level (not a
+    trial pruned later, nor one that passed the level); chance_text says it per arm, and nothing for a study
+    without the rule."""
+    from optuna.trial import TrialState
+
+    from rsgh.book import search
+
+    study = st._continue("rsgh", "fashion-mnist", 64, tmp_path / "f")
+    for reports, state in (([0.1001] * 5, TrialState.PRUNED), ([0.1001] * 4 + [0.12], TrialState.PRUNED),
+                           ([0.10] * 21, TrialState.PRUNED), ([0.3] * 6, TrialState.COMPLETE)):
+        trial = study.ask()
+        for epoch, value in enumerate(reports, start=1):
+            trial.report(value, epoch)
+        study.tell(trial, 0.3 if state == TrialState.COMPLETE else None, state=state)
+    assert search.stopped_at_chance(study) == 1
+    said = search.chance_text({"rsgh": study})
+    assert said == "Trials stopped at chance: R-SGH 1 of 4; the warm-up alone would have kept each of them to epoch 20."
+    assert search.chance_text({"sgh": st._continue("sgh", "cifar10", 64, tmp_path / "c")}) == ""
+
+
 def test_a_study_may_start_from_its_arms_known_point(tmp_path):
     """known_point: the first trial asked is the arm's method at the patents' settings, the configuration the
     patents' pages train (compared field by field with the one patents_experiment builds), with the

@@ -59,6 +59,25 @@ def protocol_text(studies: dict) -> str:
     return " ".join(f"{st.ARMS[arm]}: {w}." for arm, w in said.items())
 
 
+def stopped_at_chance(study) -> int:
+    """How many of the study's trials its protocol's stop at chance ended (read from their reports)."""
+    rule = st.protocol(study)["at_chance"]
+    if not rule:
+        return 0
+    return sum(1 for t in study.trials if t.state.name == "PRUNED" and t.intermediate_values
+               and max(t.intermediate_values) <= rule["epochs"] and max(t.intermediate_values.values()) < rule["below"])
+
+
+def chance_text(studies: dict) -> str:
+    """The trials each study stopped at chance, in a sentence ('' where no study has the rule)."""
+    ruled = {arm: s for arm, s in studies.items() if st.protocol(s)["at_chance"]}
+    if not ruled:
+        return ""
+    warm = min(st.protocol(s)["pruner"]["n_warmup_steps"] for s in ruled.values())
+    counts = ", ".join(f"{st.ARMS[arm]} {stopped_at_chance(s)} of {len(s.trials)}" for arm, s in ruled.items())
+    return (f"Trials stopped at chance: {counts}; the warm-up alone would have kept each of them to epoch {warm}.")
+
+
 def protocol_short(study) -> str:
     """A study's protocol in a few words: its maximum epochs, patience and first epoch of pruning."""
     p = st.protocol(study)
