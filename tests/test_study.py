@@ -58,18 +58,22 @@ def test_sgh_in_rsghs_architecture_searches_rsghs_space_without_its_terms():
 def test_a_best_value_in_the_outer_tenth_of_its_range_is_an_edge():
     """edge_values: the outer tenth in log scale for a log range (lr 1e-5..1e-1: below 2.5e-5 or above
     4e-2), linear for a linear one, and in log-odds for a probability, whose two ends are both natural
-    bounds (prior 1e-3..0.999: below 3.97e-3 or above 0.99603; a study that searched prior on 0.05..0.95:
+    bounds (prior searched on 1e-3..0.999: below 3.97e-3 or above 0.99603; a study that searched prior on 0.05..0.95:
     below 0.0866 or above 0.9134)."""
-    assert st.RANGES["lr"] == (1e-5, 1e-1, True) and st.RANGES["prior"] == (1e-3, 0.999, True)
+    assert st.RANGES["lr"] == (1e-5, 1e-1, True) and st.RANGES["prior"] == (1e-5, 0.999, True)
     lr = optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True)
     prior = optuna.distributions.FloatDistribution(1e-3, 0.999, log=True)
     for lr_value, prior_value, edges in [(1e-3, 0.3, set()), (2e-5, 0.3, {"lr"}), (5e-2, 0.3, {"lr"}),
                                          (2e-5, 0.997, {"lr", "prior"}), (1e-3, 0.0039, {"prior"}),
                                          (1e-3, 0.0041, set()), (1e-3, 0.845, set()), (1e-3, 0.083, set())]:
         study = optuna.create_study(direction="maximize")
+        study.set_user_attr("ranges", dict(st.RANGES, prior=[1e-3, 0.999, True]))  # searched before 1e-5
         study.add_trial(optuna.trial.create_trial(params={"lr": lr_value, "prior": prior_value},
                                                   distributions={"lr": lr, "prior": prior}, value=1.0))
         assert set(st.edge_values(study)) == edges, (lr_value, prior_value)
+    study = optuna.create_study(direction="maximize")  # today's range: 1.3e-3 (Fashion-MNIST's SGH) lies inside
+    study.add_trial(optuna.trial.create_trial(params={"prior": 1.3e-3}, distributions={"prior": prior}, value=1.0))
+    assert st.edge_values(study) == {}
     linear = optuna.distributions.FloatDistribution(0.05, 0.95)
     for prior_value, edges in [(0.5, set()), (0.92, {"prior"}), (0.083, {"prior"}), (0.051, {"prior"}),
                                (0.09, set()), (0.9, set())]:
