@@ -216,14 +216,15 @@ def reproductions(store: Path | None = None):
     outside tolerance and its changed claims as lists of names."""
     import json
 
+    from .report import numbers
+
     rows = []
     for path in sorted((Path(store or default_store()) / "reproduction").glob("*.json")):
         doc = json.loads(path.read_text())
         rows.append({"level": doc["profile"], "date": doc["date"][:10], "commit": str(doc["commit"])[:10],
                      "CPU": f"{doc['cpu']}, {doc['cores']} cores", "minutes": doc["minutes"], "verdict": doc["line"],
                      # records made before the verdicts' signs were kept apart listed them with the numbers
-                     "outside": [f"{o['page']}: {o['quantity']}" for o in doc["outside"]
-                                 if not o["quantity"].startswith("verdictsign_")],
+                     "outside": [f"{o['page']}: {o['quantity']}" for o in numbers(doc["outside"])],
                      "claims changed": [f"{c['page']}: {c['claim']} ({c['reason']})"
                                         for c in doc.get("claims_changed", [])]})
     return pd.DataFrame(rows)
