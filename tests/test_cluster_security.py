@@ -202,3 +202,39 @@ def test_ctrl_c_during_a_task_is_one_line(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130
     assert err.strip() == "interrupted: rerun the same command (train: with --resume) to continue", err
+
+
+KERNEL_PROBE = """
+import json, os, sys
+import nbformat, papermill as pm
+from rsgh.book.reproduce import ipc_kernel_manager
+folder = sys.argv[1]
+nb = nbformat.v4.new_notebook()
+nb.cells = [nbformat.v4.new_code_cell(
+    "import glob, json, os\\n"
+    "from ipykernel.connect import get_connection_file\\n"
+    "info = json.load(open(get_connection_file()))\\n"
+    "print(json.dumps({'transport': info['transport'], 'ip': info['ip'], 'sockets': glob.glob(info['ip'] + '-*'),"
+    " 'mode': os.stat(os.path.dirname(info['ip'])).st_mode & 0o777}))")]
+nbformat.write(nb, os.path.join(folder, "probe.ipynb"))
+pm.execute_notebook(os.path.join(folder, "probe.ipynb"), os.path.join(folder, "out.ipynb"), kernel_name="python3",
+                    progress_bar=False, cwd=folder, kernel_manager_class=ipc_kernel_manager())
+print(nbformat.read(os.path.join(folder, "out.ipynb"), 4).cells[0].outputs[0]["text"].strip())
+"""
+
+
+def test_the_pages_kernels_listen_on_unix_sockets_in_a_private_folder(tmp_path):
+    """A page's kernel (``rsgh reproduce``) takes code on Unix sockets in a folder only the user can enter,
+    not on TCP ports of localhost in plain text; nothing is left in the page's working directory, and the
+    folder is gone when the process ends."""
+    done = subprocess.run([sys.executable, "-c", KERNEL_PROBE, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    import json
+
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    assert info["transport"] == "ipc" and info["mode"] == 0o700
+    assert len(info["sockets"]) == 5 and not Path(info["ip"]).is_relative_to(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.ipynb", "probe.ipynb"]
+    assert not Path(info["ip"]).parent.exists()
+    assert "without encryption" not in done.stderr

@@ -143,7 +143,8 @@ def run_plan(plan_path: str | Path, profile: str, out_dir: str | Path, only: Seq
         t0 = time.perf_counter()
         try:
             pm.execute_notebook(str(source), str(target), parameters=parameters, cwd=str(cwd),
-                                kernel_name="python3", progress_bar=False, log_output=False)
+                                kernel_name="python3", progress_bar=False, log_output=False,
+                                kernel_manager_class=ipc_kernel_manager())
         except pm.PapermillExecutionError as err:
             raise NotebookFailed(f"notebook {name} failed in cell {err.exec_count}: {err.ename}: {err.evalue} "
                                  f"(partial output kept in {target})") from None
@@ -156,6 +157,32 @@ def run_plan(plan_path: str | Path, profile: str, out_dir: str | Path, only: Seq
               f"({(time.perf_counter() - start) / 60:.1f} min and {total_runs} runs so far)", flush=True)
         records.append({"notebook": name, "status": "executed", "seconds": seconds})
     return records
+
+
+def ipc_kernel_manager():
+    """The kernel manager of the pages' kernels: jupyter_client's, with the kernel's sockets as Unix sockets in a
+    folder of this process's own (mode 0700, removed at exit), not TCP ports on localhost that carry code and
+    outputs in plain text to any local process (ipykernel warns of it at every page). jupyter_client would put
+    them in the kernel's working directory (the user's) by default."""
+    import atexit
+    import tempfile
+
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        transport = "ipc"
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            if not _SOCKETS:
+                _SOCKETS.append(tempfile.mkdtemp(prefix="rsgh-kernels-"))
+                atexit.register(shutil.rmtree, _SOCKETS[0], True)
+            self.ip = str(Path(_SOCKETS[0]) / "kernel")
+
+    return IPCKernelManager
+
+
+_SOCKETS: list[str] = []  # the folder of this process's kernels' sockets (ipc_kernel_manager)
 
 
 def _runs_finished_since(runs_dir: Path, since: float) -> int:
