@@ -13,7 +13,10 @@ quartile (of each event over the profiled steps; of single calls for the step, t
 draws), so that a busy machine's pauses count less. Then the host side of the loop: drawing a step's
 batch and noise step by step against drawing ``rsgh.train.loop``'s DRAW_AHEAD steps at once.
 
-    python benchmarks/step_profile.py [--sizes 2,3,6] [--bits 64] [--steps 300] [--seconds 2]
+    python benchmarks/step_profile.py [--sizes 2,3,6] [--bits 64] [--steps 300] [--seconds 2] [--label TEXT]
+        [--no-record]
+
+Appends a record to ``results/benchmarks/step_profile.json`` (microseconds per step, by group size).
 
 Run it with ``PYTHONPATH`` at an older checkout to profile that one's step the same way.
 """
@@ -113,7 +116,10 @@ def main():
     p.add_argument("--bits", type=int, default=64)
     p.add_argument("--steps", type=int, default=300, help="profiled steps")
     p.add_argument("--seconds", type=float, default=2.0, help="timing of the step, the floor and the sampling")
+    p.add_argument("--label", default="", help="what this run measures (recorded)")
+    p.add_argument("--no-record", action="store_true", help="print only")
     args = p.parse_args()
+    values = {}
     torch.set_num_threads(1)
     import torch._inductor.config as inductor_config
 
@@ -140,6 +146,14 @@ def main():
         us = lambda s: f"{s * 1e6:7.0f}"  # noqa: E731
         print(f"{size:5d} {us(floor)} {us(wall)} {wall / floor:5.2f} | {us(parts['products']):>8s} {us(parts['Adam'])} "
               f"{us(parts['elementwise']):>8s} {us(rest)} | {us(per_step):>9s} {us(ahead)}", flush=True)
+        for key, seconds in (("floor", floor), ("step", wall), ("products", parts["products"]), ("adam", parts["Adam"]),
+                             ("elementwise", parts["elementwise"]), ("rest", rest), ("draw", per_step),
+                             ("draw_ahead", ahead)):
+            values[f"{key}_us g{size}"] = seconds * 1e6
+    if not args.no_record:
+        from record import record
+
+        record("step_profile", values, args, label=args.label)
 
 
 if __name__ == "__main__":

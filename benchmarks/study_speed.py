@@ -319,6 +319,7 @@ def main():
     from record import record
 
     values = {"study_vs_floor": ratio, "wall_s": wall, "floor_s": floor_s, "trials": len(trials), "warm_s": warm_s,
+              "max_epochs": args.max_epochs,
               "steps": sum(tr["floor"]["steps"] for tr in trials),
               "evaluations": sum(tr["floor"]["evaluations"] for tr in trials),
               "steps_vs_floor": steps_vs, "load_average": os.getloadavg()[0],
