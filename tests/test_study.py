@@ -348,6 +348,8 @@ def test_a_trial_still_at_chance_stops_whatever_the_warm_up(tmp_path):
 
     flat = [0.1001, 0.1050, 0.1099, 0.1020, 0.1080, 0.1090, 0.30]
     assert epochs_trained("fashion-mnist", flat, "a") == (5, "at chance through epoch 5")
+    stopped = st.open_study("rsgh", "fashion-mnist", 64, tmp_path / "a").trials[0]
+    assert stopped.user_attrs["stopped"] == "at chance through epoch 5"  # the journal says why
     assert epochs_trained("mnist", [0.1001, 0.1001, 0.1100, 0.1001, 0.1001, 0.1001, 0.30], "b") == (7, None)
     assert epochs_trained("cifar10", flat, "c") == (7, None)
 
@@ -368,8 +370,16 @@ def test_the_trials_stopped_at_chance_are_counted_from_their_reports(tmp_path):
             trial.report(value, epoch)
         study.tell(trial, 0.3 if state == TrialState.COMPLETE else None, state=state)
     assert search.stopped_at_chance(study) == 1
+    # a trial whose journal says why: its word, whatever its reports (the hook writes it since 2026-12-08)
+    for why, value in (("at chance through epoch 5", 0.1001), ("pruned at epoch 5", 0.1001)):
+        trial = study.ask()
+        trial.set_user_attr("stopped", why)
+        for epoch in range(1, 6):
+            trial.report(value, epoch)
+        study.tell(trial, None, state=TrialState.PRUNED)
+    assert search.stopped_at_chance(study) == 2
     said = search.chance_text({"rsgh": study})
-    assert said == "Trials stopped at chance: R-SGH 1 of 4; the warm-up alone would have kept each of them to epoch 20."
+    assert said == "Trials stopped at chance: R-SGH 2 of 6; the warm-up alone would have kept each of them to epoch 20."
     assert search.chance_text({"sgh": st._continue("sgh", "cifar10", 64, tmp_path / "c")}) == ""
 
 

@@ -60,12 +60,21 @@ def protocol_text(studies: dict) -> str:
 
 
 def stopped_at_chance(study) -> int:
-    """How many of the study's trials its protocol's stop at chance ended (read from their reports)."""
+    """How many of the study's trials its protocol's stop at chance ended: as the trial's journal says
+    (``stopped``, written by the worker's hook since 2026-12-08), else read from its reports (the published
+    Fashion-MNIST journals were written before: a pruned trial whose reports end by the rule's epoch, all
+    below its level)."""
     rule = st.protocol(study)["at_chance"]
     if not rule:
         return 0
-    return sum(1 for t in study.trials if t.state.name == "PRUNED" and t.intermediate_values
-               and max(t.intermediate_values) <= rule["epochs"] and max(t.intermediate_values.values()) < rule["below"])
+
+    def at_chance(t) -> bool:
+        if "stopped" in t.user_attrs:
+            return t.user_attrs["stopped"].startswith("at chance")
+        return (t.state.name == "PRUNED" and bool(t.intermediate_values) and max(t.intermediate_values) <= rule["epochs"]
+                and max(t.intermediate_values.values()) < rule["below"])
+
+    return sum(1 for t in study.trials if at_chance(t))
 
 
 def chance_text(studies: dict) -> str:

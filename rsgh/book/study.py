@@ -133,9 +133,15 @@ def _report_hook(folder: str, study_name: str, trial_id: int):
             trial.report(row["val_map"], step=int(round(row["epoch"])))
             best[0] = max(best[0], row["val_map"])
             if chance and row["epoch"] >= chance["epochs"] and best[0] < chance["below"]:
-                raise optuna.TrialPruned(f"at chance through epoch {row['epoch']:g}")
+                stop(f"at chance through epoch {row['epoch']:g}")
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {row['epoch']:g}")
+                stop(f"pruned at epoch {row['epoch']:g}")
+
+    def stop(why: str):
+        """End the trial as pruned, with why in its journal (``stopped``, read by the study pages): the
+        exception's message does not reach the journal."""
+        trial.set_user_attr("stopped", why)
+        raise optuna.TrialPruned(why)
 
     hook.pruner = study.pruner  # (for the tests: the pruner that decides)
     return hook
