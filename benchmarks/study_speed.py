@@ -24,6 +24,11 @@ over the database and the validation queries for the hashing, encoder and decode
 validation queries for the collapse measures), times the evaluations it made. The study's floor is
 the sum over its trials divided by the workers; the sampling time is taken off the wall time.
 
+With the default ``--max-epochs 2`` the study is bound by what each trial pays once (compiling a shape new to
+its worker, its data, its end); ``--max-epochs 20``, the warm-up of the pixels protocol before which no trial is
+pruned (unless it stays at chance through epoch 5), gives trials as long as most of a real study's: the book's
+*Performance* page shows both.
+
     python benchmarks/study_speed.py [--arm rsgh] [--dataset mnist] [--bits 64] [--trials 12]
         [--max-epochs 2] [--workers 2] [--seed 0] [--inductor-cache warm|cold|as-is] [--label TEXT]
 
