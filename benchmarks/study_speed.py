@@ -105,11 +105,12 @@ def sample_floor(cfg, data_root) -> dict | None:
 
 
 def warm_disk_cache(arm: str, dataset: str, bits: int, max_epochs: int, seed: int, trials: int, data_root) -> float:
-    """Compile here, once, the steps of the first ``trials`` trials that the study's sampler will ask (TPE's
-    first ten are drawn at random from its seed, whatever the trials' values), a few steps of each through
-    the training loop, so that inductor's and AOTAutograd's disk caches hold their graphs, as they do
-    when a study is run again on a machine; the workers still trace each shape (dynamo) and load the rest
-    from the disk. Returns the seconds it took (not part of the study's time)."""
+    """Compile once, in one of the study's workers (this runs as a Dask task), the steps of the first ``trials``
+    trials that the study's sampler will ask (TPE's first ten are drawn at random from its seed, whatever the
+    trials' values), a few steps of each through the training loop, so that inductor's and AOTAutograd's disk
+    caches hold their graphs, as they do when a study is run again on a machine; the worker then forgets them
+    (``torch._dynamo.reset``), and the workers still trace each shape (dynamo) and load the rest from the disk.
+    Returns the seconds it took (not part of the study's time)."""
     import warnings
 
     import optuna
@@ -121,7 +122,9 @@ def warm_disk_cache(arm: str, dataset: str, bits: int, max_epochs: int, seed: in
     from rsgh.data.task import TaskData
     from rsgh.train.loop import train_group
     from rsgh.train.task import task_data
+    from rsgh.book.schedule import tune_worker_process
 
+    tune_worker_process(1)
     t = time.time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -246,17 +249,20 @@ def main():
     if args.inductor_cache != "as-is":  # set before torch compiles anything; the workers inherit it
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder / "inductor" if args.inductor_cache == "cold" else
                                                     Path(tempfile.gettempdir()) / "rsgh-study-speed-inductor")
-    warm_s = 0.0
-    if args.inductor_cache == "warm" and args.device == "cpu" and not args.eager:
-        warm_s = warm_disk_cache(args.arm, args.dataset, args.bits, args.max_epochs, args.seed, args.trials,
-                                 args.data_root)
-        print(f"inductor's disk cache warmed with the first trials' kernels in {warm_s:.0f} s", flush=True)
     from rsgh.book import schedule, study
     from rsgh.config import Runtime
 
     t = time.time()
     client = schedule.get_client()
     cluster_s = time.time() - t
+    warm_s = 0.0
+    if args.inductor_cache == "warm" and args.device == "cpu" and not args.eager:
+        # in a worker, as the trials will compile: graphs compiled here in the benchmark's own process did not
+        # serve the workers' trials (a CIFAR-10 study's trials compiled 12.6 s each after such a warm-up, 2.5 s
+        # after a study had run them), for a reason not found
+        warm_s = client.submit(warm_disk_cache, args.arm, args.dataset, args.bits, args.max_epochs, args.seed,
+                               args.trials, args.data_root, pure=False).result()
+        print(f"inductor's disk cache warmed with the first trials' kernels in {warm_s:.0f} s", flush=True)
     import rsgh.book.study as st
 
     original_open = st.open_study
