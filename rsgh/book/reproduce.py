@@ -19,6 +19,7 @@ spread (training is chaotic: a rounding difference grows to a seed-sized one), n
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -164,9 +165,6 @@ def ipc_kernel_manager():
     folder of this process's own (mode 0700, removed at exit), not TCP ports on localhost that carry code and
     outputs in plain text to any local process (ipykernel warns of it at every page). jupyter_client would put
     them in the kernel's working directory (the user's) by default."""
-    import atexit
-    import tempfile
-
     from jupyter_client.manager import AsyncKernelManager
 
     class IPCKernelManager(AsyncKernelManager):
@@ -174,15 +172,20 @@ def ipc_kernel_manager():
 
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
-            if not _SOCKETS:
-                _SOCKETS.append(tempfile.mkdtemp(prefix="rsgh-kernels-"))
-                atexit.register(shutil.rmtree, _SOCKETS[0], True)
-            self.ip = str(Path(_SOCKETS[0]) / "kernel")
+            self.ip = str(Path(_socket_folder()) / "kernel")
 
     return IPCKernelManager
 
 
-_SOCKETS: list[str] = []  # the folder of this process's kernels' sockets (ipc_kernel_manager)
+@functools.cache
+def _socket_folder() -> str:
+    """The folder of this process's kernels' sockets (:func:`ipc_kernel_manager`): made once, removed at exit."""
+    import atexit
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="rsgh-kernels-")
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
 
 
 def _runs_finished_since(runs_dir: Path, since: float) -> int:
